@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if [ $# -eq 0 ]; then set -- tests; fi
 exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Random-weight checkpoints with real ComfyUI architectures (see scripts/synth_models.py)."""
