@@ -1,0 +1,1 @@
+"""DisTorch: split a model's weights across several devices (GPUs, CPU) for ComfyUI."""
