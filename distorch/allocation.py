@@ -274,7 +274,7 @@ class Allocation:
                 "donor device is the compute device", token=donor_device, position=0, text=donor_device,
                 hint="pick a different donor, e.g. cpu", what="virtual VRAM donor",
             )
-        moved = min(_virtual_bytes(virtual_vram_gb), model_bytes)
+        moved = min(virtual_vram_bytes(virtual_vram_gb), model_bytes)
         return cls("bytes", (AllocationEntry(compute, model_bytes - moved), AllocationEntry(donor, moved)))
 
 
@@ -324,7 +324,8 @@ def _device_arg(name: str, role: str) -> str:
         ) from None
 
 
-def _virtual_bytes(virtual_vram_gb: float) -> int:
+def virtual_vram_bytes(virtual_vram_gb: float) -> int:
+    """Bytes that `virtual_vram_gb` GB (1 GB = 1e9 bytes) means; bad numbers raise AllocationError."""
     try:
         value = float(virtual_vram_gb)
     except (TypeError, ValueError):

@@ -1,0 +1,228 @@
+"""Everything the device loaders need to know about ComfyUI internals, in one place.
+
+Every check is a feature test (``hasattr``, try-import), never a version comparison, so the same code
+serves ComfyUI 0.3.x (classic ``ModelPatcher``) and newer trees (``comfy.memory_management``,
+``ModelPatcherDynamic``). What the loaders get from here:
+
+* :func:`core_node` / :func:`input_schema` / :func:`return_spec` / :func:`call_core`: find a core
+  node by name and use it the same way whether it is a classic node (``INPUT_TYPES``/``FUNCTION``)
+  or a V3 ``io.ComfyNode`` (``define_schema``/``execute``, e.g. ``TripleCLIPLoader``).
+* :func:`place_on_device`: retarget what a core loader returned (``ModelPatcher``, ``CLIP``,
+  ``VAE``, ``CLIPVision``, ControlNet) so that ComfyUI's own ``load_models_gpu`` later puts its
+  weights on the chosen device. The device is stored on the returned object itself (its patcher's
+  ``load_device``), never in module state, so two loaders with two devices cannot interfere.
+
+Limits, stated rather than hidden: the core loader picks dtypes (and, for a text encoder, an initial
+device) for ComfyUI's default device before we retarget; a ControlNet runs on the device of the
+latents it is applied to, so it should share the diffusion model's device.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("distorch")
+_OUR_NODES_DIR = Path(__file__).resolve().parent
+_CPU = torch.device("cpu")
+
+
+def comfy_nodes_module() -> Any:
+    """ComfyUI's top-level ``nodes`` module (NODE_CLASS_MAPPINGS of core and loaded nodes).
+
+    Our own package also has a ``nodes`` folder; inside ComfyUI that is imported as
+    ``<custom node module>.nodes``, so the top-level name is ComfyUI's. Refuse loudly if it is not.
+    """
+    comfy_nodes = importlib.import_module("nodes")
+    origin = Path(getattr(comfy_nodes, "__file__", "") or "").resolve()
+    if origin.parent == _OUR_NODES_DIR or not hasattr(comfy_nodes, "NODE_CLASS_MAPPINGS"):
+        raise ImportError(f"top-level 'nodes' is {origin}, not ComfyUI's nodes.py; import ComfyUI first")
+    return comfy_nodes
+
+
+def core_node(name: str) -> type | None:
+    """The node class ComfyUI registered as ``name``, or None if this ComfyUI has no such node."""
+    return comfy_nodes_module().NODE_CLASS_MAPPINGS.get(name)
+
+
+def is_v3(node_cls: type) -> bool:
+    """True for V3 ``io.ComfyNode`` classes (schema object, classmethod ``execute``)."""
+    return hasattr(node_cls, "define_schema") and hasattr(node_cls, "GET_SCHEMA")
+
+
+def input_schema(node_cls: type) -> dict[str, dict[str, Any]]:
+    """A fresh copy of the node's ``INPUT_TYPES`` sections (required/optional[/hidden]).
+
+    Called on every ``/object_info`` request by the variants, so new model files show up. V3 hidden
+    inputs are dropped: V3 nodes receive them through ``cls.hidden``, not as arguments.
+    """
+    schema = node_cls.INPUT_TYPES(include_hidden=False) if is_v3(node_cls) else node_cls.INPUT_TYPES()
+    return {section: dict(entries) for section, entries in schema.items()}
+
+
+def return_spec(node_cls: type) -> tuple[tuple[str, ...], tuple[str, ...] | None, tuple | None]:
+    """``(RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS)``; V3 classes compute these from their schema."""
+    types = tuple(node_cls.RETURN_TYPES)
+    names = getattr(node_cls, "RETURN_NAMES", None)
+    tips = getattr(node_cls, "OUTPUT_TOOLTIPS", None)
+    return types, tuple(names) if names else None, tuple(tips) if tips else None
+
+
+def device_option(node_cls: type) -> tuple[str, list] | None:
+    """``(section, options)`` of the core node's own ``device`` combo (CLIP loaders), or None."""
+    for section, entries in input_schema(node_cls).items():
+        options = combo_options(entries.get("device"))
+        if options is not None:
+            return section, options
+    return None
+
+
+def combo_options(spec: Any) -> list | None:
+    """Options of a combo input spec: classic ``([a, b], {...})`` or V3 ``("COMBO", {"options": [...]})``."""
+    if not spec:
+        return None
+    if isinstance(spec[0], (list, tuple)):
+        return list(spec[0])
+    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        return list(spec[1].get("options", []))
+    return None
+
+
+def call_core(node_cls: type, kwargs: dict[str, Any]) -> tuple:
+    """Run the core node with ``kwargs`` and return its outputs as a tuple."""
+    if is_v3(node_cls):
+        # A class clone with empty hidden inputs, as ComfyUI's executor does, so nothing leaks into the class.
+        target = node_cls.PREPARE_CLASS_CLONE({}) if hasattr(node_cls, "PREPARE_CLASS_CLONE") else node_cls
+        result = target.execute(**kwargs)
+    else:
+        result = getattr(node_cls(), node_cls.FUNCTION)(**kwargs)
+    if inspect.isawaitable(result):
+        raise TypeError(f"{node_cls.__name__} is asynchronous; device variants of async loaders are not supported")
+    return _as_tuple(node_cls, result)
+
+
+def _as_tuple(node_cls: type, result: Any) -> tuple:
+    if hasattr(result, "args") and hasattr(result, "ui"):  # V3 NodeOutput
+        return tuple(result.args)
+    if isinstance(result, dict) and "result" in result:
+        return tuple(result["result"])
+    if isinstance(result, (tuple, list)):
+        return tuple(result)
+    raise TypeError(f"{node_cls.__name__} returned {type(result).__name__}, expected a tuple of outputs")
+
+
+def memory_path() -> str:
+    """Which memory-management generation this ComfyUI runs, for the log."""
+    try:
+        memory_management = importlib.import_module("comfy.memory_management")
+    except ImportError:
+        return "classic ModelPatcher (no comfy.memory_management)"
+    enabled = getattr(memory_management, "aimdo_enabled", None)
+    return f"comfy.memory_management present (dynamic VRAM enabled: {enabled})"
+
+
+def _is_dynamic(patcher: Any) -> bool:
+    try:
+        dynamic = importlib.import_module("comfy.model_patcher").ModelPatcherDynamic
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(patcher, dynamic)
+
+
+def _unload_if_loaded(patcher: Any) -> None:
+    """Drop ``patcher`` from ComfyUI's loaded-model list: an entry there keeps its old device forever."""
+    model_management = importlib.import_module("comfy.model_management")
+    loaded = getattr(model_management, "current_loaded_models", None)
+    if loaded is None:
+        return
+    for index in reversed(range(len(loaded))):
+        if loaded[index].model is patcher:
+            loaded.pop(index).model_unload()
+
+
+def _stray_device(module: Any, device: torch.device) -> torch.device | None:
+    """A non-CPU device other than ``device`` that holds some of the module's weights, if any."""
+    tensors = list(module.parameters()) + list(module.buffers()) if hasattr(module, "parameters") else []
+    for tensor in tensors:
+        if tensor.device.type != "cpu" and tensor.device != device:
+            return tensor.device
+    return None
+
+
+def retarget_patcher(patcher: Any, device: torch.device) -> None:
+    """Make ``patcher`` load onto ``device``; on ``cpu`` it also offloads to ``cpu``."""
+    if _is_dynamic(patcher):
+        log.warning("distorch: %s is a ModelPatcherDynamic; placing it on %s is not verified on this "
+                    "memory path (%s)", type(patcher.model).__name__, device, memory_path())
+    _unload_if_loaded(patcher)
+    patcher.load_device = device
+    if device.type == "cpu":
+        patcher.offload_device = _CPU
+    stray = _stray_device(patcher.model, device)
+    if stray is not None:
+        # The core loader put the weights on the default GPU; free it, load_models_gpu brings them back.
+        log.info("distorch: moving %s off %s to %s", type(patcher.model).__name__, stray, patcher.offload_device)
+        patcher.model.to(patcher.offload_device)
+        patcher.model.device = patcher.offload_device
+
+
+def model_kind(obj: Any) -> str:
+    """Which kind of loaded object ``obj`` is, by duck typing: model, clip, vae, clip_vision, control_net."""
+    if hasattr(obj, "load_device") and hasattr(obj, "offload_device") and hasattr(obj, "model_size"):
+        return "model"
+    if hasattr(obj, "cond_stage_model") and hasattr(obj, "patcher"):
+        return "clip"
+    if hasattr(obj, "first_stage_model") and hasattr(obj, "patcher"):
+        return "vae"
+    if hasattr(obj, "encode_image") and hasattr(obj, "patcher"):
+        return "clip_vision"
+    if hasattr(obj, "get_control") and hasattr(obj, "set_cond_hint"):
+        return "control_net"
+    return "unknown"
+
+
+def place_on_device(obj: Any, device: torch.device) -> str:
+    """Retarget a loaded object to ``device`` and return its kind; unknown objects raise TypeError."""
+    kind = model_kind(obj)
+    if kind == "model":
+        retarget_patcher(obj, device)
+    elif kind == "clip":
+        retarget_patcher(obj.patcher, device)  # obj.cond_stage_model is obj.patcher.model
+    elif kind == "vae":
+        obj.device = device  # VAE.decode/encode move latents to vae.device themselves
+        retarget_patcher(obj.patcher, device)
+        # obj.output_device stays ComfyUI's intermediate device: it is where the rest of the graph expects images.
+    elif kind == "clip_vision":
+        obj.load_device = device  # encode_image moves pixels to clip_vision.load_device
+        retarget_patcher(obj.patcher, device)
+    elif kind == "control_net":
+        _place_control_net(obj, device)
+    else:
+        raise TypeError(f"cannot place a {type(obj).__name__} on a device: not a model ComfyUI loads")
+    return kind
+
+
+def _place_control_net(control: Any, device: torch.device) -> None:
+    if hasattr(control, "load_device"):
+        control.load_device = device
+    if getattr(control, "control_model_wrapped", None) is not None:
+        retarget_patcher(control.control_model_wrapped, device)
+    if hasattr(control, "t2i_model"):  # T2IAdapter keeps a plain device attribute
+        control.device = device
+
+
+def device_of(obj: Any) -> dict[str, str]:
+    """Where ``obj`` will compute and where its weights are now, as strings (for logs and probes)."""
+    kind = model_kind(obj)
+    patcher = {"model": obj, "control_net": getattr(obj, "control_model_wrapped", None)}.get(kind, None)
+    if patcher is None:
+        patcher = getattr(obj, "patcher", None)
+    if patcher is None:
+        return {"kind": kind, "load_device": str(getattr(obj, "load_device", getattr(obj, "device", "?")))}
+    weights = next(iter(patcher.model.parameters()), None) if hasattr(patcher.model, "parameters") else None
+    return {"kind": kind, "load_device": str(patcher.load_device), "offload_device": str(patcher.offload_device),
+            "weights_device": str(weights.device) if weights is not None else "none"}

@@ -1,0 +1,180 @@
+"""A real, headless ComfyUI server with this plugin loaded: shared by scripts/demo.py and tests/host.
+
+    with ComfyServer() as server:
+        entry = server.run_prompt(graph)      # POST /prompt, then poll GET /history/<id>
+
+The server runs in its own process group (killed as a whole on exit) and writes its log to a file,
+so a failure can show the log's tail.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+COMFY_ROOT = ROOT / ".host" / "comfyui"
+BASE_DIR = ROOT / ".host" / "base"
+MODELS_DIR = BASE_DIR / "models"
+WEB_ROOT = ROOT / ".host" / "web"  # empty: the HTTP API needs no front-end package
+
+
+class ServerError(RuntimeError):
+    """The server did not start, died, or a prompt failed; the message carries the log's tail."""
+
+
+def free_port() -> int:
+    """A TCP port that is free now (the server binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_models(model_set: str = "tiny") -> dict[str, Path]:
+    """The synthetic test models, written on first use (scripts/synth_models.py)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from synth_models import ensure_models as _ensure
+
+    return _ensure(MODELS_DIR, model_set=model_set, device="cpu", comfy_root=COMFY_ROOT)
+
+
+class ComfyServer:
+    """Start ComfyUI on a free port; ``extra_custom_nodes`` are extra plugin folders (test probes)."""
+
+    def __init__(self, log_path: Path | None = None, output_dir: Path | None = None,
+                 extra_custom_nodes: list[Path] = (), python: str = sys.executable,
+                 start_timeout: float = 180.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.work = Path(tempfile.mkdtemp(prefix="distorch-comfy-"))
+        self.log_path = Path(log_path) if log_path else self.work / "server.log"
+        self.output_dir = Path(output_dir) if output_dir else self.work / "output"
+        self.extra_custom_nodes = [Path(p).resolve() for p in extra_custom_nodes]
+        self.python = python
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(BASE_DIR),
+               "--front-end-root", str(WEB_ROOT), "--output-directory", str(self.output_dir)]
+        if self.extra_custom_nodes:
+            cmd += ["--extra-model-paths-config", str(self._extra_paths_file())]
+        return cmd
+
+    def _extra_paths_file(self) -> Path:
+        """A custom_nodes folder of symlinks, announced to ComfyUI through an extra-paths yaml."""
+        folder = self.work / "custom_nodes"
+        folder.mkdir(exist_ok=True)
+        for plugin in self.extra_custom_nodes:
+            link = folder / plugin.name
+            if not link.exists():
+                link.symlink_to(plugin, target_is_directory=True)
+        config = self.work / "extra_paths.yaml"
+        config.write_text(f"distorch_extra:\n  base_path: {self.work}\n  custom_nodes: custom_nodes\n")
+        return config
+
+    def start(self) -> ComfyServer:
+        WEB_ROOT.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Own session = own process group: stop() kills the server and anything it spawned, nothing else.
+        self.process = subprocess.Popen(self.command(), cwd=COMFY_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        log.close()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"ComfyUI exited with {self.process.returncode}\n{self.log_tail()}")
+            try:
+                self.get("/system_stats", timeout=2)
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.25)
+        self.stop()
+        raise ServerError(f"ComfyUI not ready after {self.start_timeout:.0f} s\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+
+    def __enter__(self) -> ComfyServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- HTTP API ----------------------------------------------------------------------------------
+    def get(self, path: str, timeout: float = 30) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict, timeout: float = 30) -> Any:
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:  # 400 = validation failed; its body says why
+            raise ServerError(f"POST {path}: {error.code} {error.read().decode(errors='replace')}") from None
+
+    def queue_prompt(self, graph: dict) -> str:
+        return self.post("/prompt", {"prompt": graph})["prompt_id"]
+
+    def wait_history(self, prompt_id: str, timeout: float = 300) -> dict:
+        """The /history entry of a finished prompt (successful or not)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"ComfyUI died while running {prompt_id}\n{self.log_tail()}")
+            time.sleep(0.1)
+        raise ServerError(f"prompt {prompt_id} not done after {timeout:.0f} s\n{self.log_tail()}")
+
+    def run_prompt(self, graph: dict, timeout: float = 300) -> dict:
+        return self.wait_history(self.queue_prompt(graph), timeout)
+
+
+def load_graph(path: Path | str) -> dict:
+    """An API-format workflow from a file."""
+    return json.loads(Path(path).read_text())
+
+
+def execution_error(entry: dict) -> dict | None:
+    """The ``execution_error`` message of a /history entry, or None if it ran cleanly."""
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return data
+    return None

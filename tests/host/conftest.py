@@ -1,0 +1,55 @@
+"""One real ComfyUI server per test session, with the plugin and the test-only probe node loaded."""
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from comfy_server import ComfyServer, ensure_models  # noqa: E402
+
+WORKFLOWS = ROOT / "workflows"
+PROBE_NODES = Path(__file__).resolve().parent / "probe_nodes"
+_seeds = itertools.count(1000)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The probe folder is a ComfyUI plugin, not a test package: never let pytest collect it.
+    config.addinivalue_line("norecursedirs", "probe_nodes")
+
+
+@pytest.fixture(scope="session")
+def models() -> dict[str, Path]:
+    return ensure_models("tiny")
+
+
+@pytest.fixture(scope="session")
+def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> ComfyServer:
+    work = tmp_path_factory.mktemp("comfy")
+    with ComfyServer(log_path=work / "server.log", output_dir=work / "output",
+                     extra_custom_nodes=[PROBE_NODES]) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def object_info(server: ComfyServer) -> dict:
+    return server.get("/object_info")
+
+
+@pytest.fixture
+def fresh_seed() -> int:
+    """A seed no other test used: identical prompts are answered from ComfyUI's cache without running."""
+    return next(_seeds)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    running = item.funcargs.get("server") if hasattr(item, "funcargs") else None
+    if report.failed and running is not None:
+        report.sections.append(("ComfyUI server log (tail)", running.log_tail(80)))

@@ -1,0 +1,106 @@
+"""The device loaders used through ComfyUI's Python API in this process (no server).
+
+'meta' stands in for a second device: it is a real torch device that CPU CI has, and setting a load
+target does not move weights, so nothing here computes on it.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfy_server import BASE_DIR, COMFY_ROOT, MODELS_DIR
+
+PLUGIN = BASE_DIR / "custom_nodes" / "comfyui-distorch"
+META, CPU = torch.device("meta"), torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def comfy_nodes(models: dict[str, Path]):
+    """ComfyUI's `nodes` with its built-in extra nodes and this plugin loaded, as the server does."""
+    from synth.comfy_env import import_comfy  # scripts/ is on sys.path (conftest)
+
+    import_comfy(COMFY_ROOT)  # --cpu, and ComfyUI's tree first on sys.path
+    import utils.extra_config  # noqa: F401  (must precede `import nodes`)
+    import folder_paths
+    import nodes
+
+    assert Path(nodes.__file__).resolve().parent == COMFY_ROOT.resolve()
+    for kind in ("diffusion_models", "checkpoints", "text_encoders", "vae"):
+        folder_paths.add_model_folder_path(kind, str(MODELS_DIR / kind))
+    if "TripleCLIPLoader" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    if "UNETLoaderDevice" not in nodes.NODE_CLASS_MAPPINGS:
+        assert asyncio.run(nodes.load_custom_node(str(PLUGIN)))
+    return nodes
+
+
+@pytest.fixture
+def loaders(comfy_nodes, monkeypatch: pytest.MonkeyPatch):
+    """The device_loaders module, with 'meta' counted as present."""
+    module = sys.modules[comfy_nodes.NODE_CLASS_MAPPINGS["UNETLoaderDevice"].__module__]
+    real_require = module.require_device
+    monkeypatch.setattr(module, "require_device", lambda name: real_require(name, available=["cpu", "meta"]))
+    return module
+
+
+def _load(comfy_nodes, node_id: str, **inputs):
+    node_cls = comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
+    return getattr(node_cls(), node_cls.FUNCTION)(**inputs)
+
+
+def test_two_loads_on_two_devices_each_keep_their_own_device(comfy_nodes, loaders) -> None:
+    inputs = {"unet_name": "distorch-tiny-sd3.safetensors", "weight_dtype": "default"}
+    (on_cpu,) = _load(comfy_nodes, "UNETLoaderDevice", device="cpu", **inputs)
+    (on_meta,) = _load(comfy_nodes, "UNETLoaderDevice", device="meta", **inputs)
+    (again_cpu,) = _load(comfy_nodes, "UNETLoaderDevice", device="cpu", **inputs)
+    assert on_cpu is not on_meta and on_cpu.model is not on_meta.model
+    assert (on_cpu.load_device, on_meta.load_device, again_cpu.load_device) == (CPU, META, CPU)
+    assert on_cpu.offload_device == CPU
+    # Only the load target changed: ComfyUI moves weights later, in load_models_gpu.
+    assert next(on_meta.model.parameters()).device == CPU
+
+
+def test_vae_placement_retargets_its_patcher_and_compute_device_but_not_its_output_device(
+        comfy_nodes, loaders) -> None:
+    import comfy.model_management
+
+    (vae,) = _load(comfy_nodes, "VAELoaderDevice", vae_name="distorch-taesd.safetensors", device="meta")
+    assert vae.device == META and vae.patcher.load_device == META
+    assert vae.output_device == comfy.model_management.intermediate_device()
+
+
+def test_clip_on_cpu_goes_through_the_core_loaders_own_cpu_path(comfy_nodes, loaders) -> None:
+    (clip,) = _load(comfy_nodes, "CLIPLoaderDevice", clip_name="distorch-clip-l.safetensors",
+                    type="stable_diffusion", device="cpu")
+    assert clip.patcher.load_device == CPU and clip.patcher.offload_device == CPU
+    assert next(clip.cond_stage_model.parameters()).device == CPU
+
+
+def test_retargeting_a_model_comfy_already_loaded_drops_it_from_the_loaded_list(comfy_nodes, loaders) -> None:
+    import comfy.model_management as mm
+
+    (model,) = _load(comfy_nodes, "UNETLoaderDevice", unet_name="distorch-tiny-sd3.safetensors",
+                     weight_dtype="default", device="cpu")
+    mm.load_models_gpu([model])
+    assert any(loaded.model is model for loaded in mm.current_loaded_models)
+    loaders.comfy_adapter.place_on_device(model, META)
+    assert not any(loaded.model is model for loaded in mm.current_loaded_models)
+    assert model.load_device == META
+
+
+def test_v3_core_nodes_are_read_and_called_through_their_schema(comfy_nodes, loaders) -> None:
+    adapter = loaders.comfy_adapter
+    latent_node = comfy_nodes.NODE_CLASS_MAPPINGS["EmptySD3LatentImage"]
+    assert adapter.is_v3(latent_node)
+    assert {"width", "height", "batch_size"} <= set(adapter.input_schema(latent_node)["required"])
+    (latent,) = adapter.call_core(latent_node, {"width": 64, "height": 64, "batch_size": 1})
+    assert latent["samples"].shape == (1, 16, 8, 8)
+
+
+def test_unknown_objects_are_refused_rather_than_silently_left_in_place(loaders) -> None:
+    with pytest.raises(TypeError, match="cannot place"):
+        loaders.comfy_adapter.place_on_device(object(), CPU)
