@@ -1,0 +1,280 @@
+"""The copy pipeline: streamed blocks flow from their arena into a ring of staging slots, ahead of compute.
+
+Copy sequence numbers run ``s = forward_index * N + j`` over the N streamed blocks and never reset, so
+slot ``s % R`` is handed out first-in first-out and the pipeline wraps from the last streamed block of
+one forward into the first ones of the next (every sampler step runs the blocks in the same order).
+Per slot, a ``free`` event is recorded on the compute stream after the block that used it ran, and a
+``ready`` event on the copy stream after the copy into it. A copy into a slot waits for ``free``;
+compute waits for ``ready``. Copy ``s`` is issued once block ``s - R`` has been enqueued, so the wait
+always sees the right ``free`` record, and no host synchronisation happens in the steady state.
+
+Module tensors of a streamed block point into the arena except while that block runs: its pre-hook
+rebinds them to its slot, its (always-called) post-hook rebinds them back. Only block hooks are used,
+never a hook on an enclosing module, because the module ComfyUI calls is not always an ancestor whose
+forward runs (ComfyUI's BaseModel calls `diffusion_model` from `apply_model`; a Flux text encoder runs
+CLIP-L's and T5's encoders one after the other). A pass over the N streamed blocks is one forward.
+Anything unexpected (a block out of plan order, a forward cut short by an exception) restarts the
+pipeline at that block behind a device-side barrier, so results stay correct; it is counted as a miss
+and warned about once.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .layout import BlockLayout
+from .staging import StagingRing
+from .telemetry import NullTelemetry, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamedBlock:
+    """One streamed block: its module, its packed bytes in the arena, and the tensors to rebind."""
+
+    name: str
+    module: nn.Module
+    layout: BlockLayout
+    source: torch.Tensor  # uint8 arena segment: the source of the block's one copy
+    targets: tuple[torch.Tensor, ...]  # the module's parameters/buffers, in layout order
+    home: tuple[torch.Tensor, ...]  # their arena views, where they point between forwards
+
+    def bind(self, views: Sequence[torch.Tensor]) -> None:
+        for target, view in zip(self.targets, views):
+            target.data = view  # keeps the Parameter object (and references to it) intact
+
+    def unbind(self) -> None:
+        self.bind(self.home)
+
+
+class SyncCopyBackend:
+    """Copies happen on the calling thread at issue time; events are no-ops. For CPU compute."""
+
+    def copy(self, seq: int, slot: int, dst: torch.Tensor, src: torch.Tensor, telemetry: Telemetry) -> None:
+        telemetry.copy_started(seq, src.numel())
+        dst.copy_(src)
+        telemetry.copy_finished(seq)
+
+    def wait_ready(self, slot: int) -> None:
+        pass
+
+    def record_free(self, slot: int) -> None:
+        pass
+
+    def barrier(self) -> None:
+        pass
+
+    def drain(self) -> None:
+        pass
+
+
+@dataclass
+class _CopyPath:
+    stream: torch.cuda.Stream  # on the source device for peer copies, else on the compute device
+    landing: torch.cuda.Stream | None  # peer copies only: compute-device stream that receives them
+
+
+class CudaCopyBackend:
+    """One copy stream per source device, a ``ready`` and a ``free`` event per slot."""
+
+    def __init__(self, compute_device: torch.device, sources: Iterable[torch.device], slots: int) -> None:
+        self.compute_device = compute_device
+        self.paths: dict[torch.device, _CopyPath] = {}
+        for source in sources:
+            if source.type == "cuda" and source != compute_device:
+                # torch's peer copy makes both devices' CURRENT streams wait: give it side streams on
+                # both ends so the copy neither waits for nor blocks the compute stream.
+                self.paths[source] = _CopyPath(torch.cuda.Stream(source), torch.cuda.Stream(compute_device))
+            else:
+                self.paths[source] = _CopyPath(torch.cuda.Stream(compute_device), None)
+        self.ready = [torch.cuda.Event() for _ in range(slots)]
+        self.free = [torch.cuda.Event() for _ in range(slots)]
+
+    def _compute_stream(self) -> torch.cuda.Stream:
+        return torch.cuda.current_stream(self.compute_device)
+
+    def copy(self, seq: int, slot: int, dst: torch.Tensor, src: torch.Tensor, telemetry: Telemetry) -> None:
+        path = self.paths[src.device]
+        landing = path.landing or path.stream
+        with torch.cuda.stream(landing), torch.cuda.stream(path.stream):
+            path.stream.wait_event(self.free[slot])  # no-op until the slot's first user recorded it
+            telemetry.copy_started(seq, src.numel(), path.stream)
+            dst.copy_(src, non_blocking=True)
+            telemetry.copy_finished(seq, path.stream)
+            self.ready[slot].record(landing)
+
+    def wait_ready(self, slot: int) -> None:
+        self._compute_stream().wait_event(self.ready[slot])
+
+    def record_free(self, slot: int) -> None:
+        self.free[slot].record(self._compute_stream())
+
+    def _all_streams(self) -> list[torch.cuda.Stream]:
+        return [s for p in self.paths.values() for s in (p.stream, p.landing) if s is not None]
+
+    def barrier(self) -> None:
+        """Device-side: compute waits for every copy issued so far, later copies for all compute so far."""
+        compute = self._compute_stream()
+        for stream in self._all_streams():
+            compute.wait_stream(stream)
+        for stream in self._all_streams():
+            stream.wait_stream(compute)
+
+    def drain(self) -> None:
+        """Host waits until no copy is in flight (before the arena is written, unpinned or freed)."""
+        for stream in self._all_streams():
+            stream.synchronize()
+
+
+def make_backend(compute_device: torch.device, sources: Iterable[torch.device], slots: int):
+    """The CUDA backend when computing on a GPU, else the synchronous one."""
+    if compute_device.type == "cuda":
+        return CudaCopyBackend(compute_device, sources, slots)
+    return SyncCopyBackend()
+
+
+class BlockStreamer:
+    def __init__(
+        self,
+        blocks: Sequence[StreamedBlock],
+        ring: StagingRing,
+        backend: SyncCopyBackend | CudaCopyBackend,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        if blocks and ring.slots < 1:
+            raise ValueError("streaming blocks needs a ring with at least one slot")
+        self.blocks = list(blocks)
+        self.ring = ring
+        self.backend = backend
+        self.telemetry = telemetry or NullTelemetry()
+        self.slots = min(ring.slots, len(self.blocks))  # more slots than blocks would copy a block twice
+        self.misses = 0
+        self._next_run = 0  # sequence number of the next block expected to run
+        self._next_copy = 0  # sequence number of the next copy to issue
+        self._running: tuple[int, int, int] | None = None  # (block index, seq, slot) between its hooks
+        self._handles: list[Any] = []
+        self._warned = False
+        self._destinations: dict[tuple[int, int], torch.Tensor] = {}
+
+    # -- wiring -------------------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Register the hooks and issue the first copies (they overlap whatever runs before the forward)."""
+        if not self.blocks:
+            return
+        for index, block in enumerate(self.blocks):
+            self._handles.append(block.module.register_forward_pre_hook(self._pre_hook(index)))
+            self._handles.append(block.module.register_forward_hook(self._post_hook(index), always_call=True))
+        self._issue_ahead()
+
+    def detach(self) -> None:
+        """Remove the hooks, point every block back at the arena and wait for in-flight copies."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._running is not None:
+            self.blocks[self._running[0]].unbind()
+            self._running = None
+        self.backend.drain()
+        self._destinations.clear()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def quiesce(self) -> None:
+        """Host waits until no copy reads the arena: call before writing into it."""
+        self.backend.drain()
+
+    def invalidate(self) -> None:
+        """The arena changed: drop every prefetched slot and copy again from the next expected block."""
+        self.backend.barrier()
+        self.telemetry.drop_pending()
+        self._next_copy = self._next_run
+        self._running = None
+        if self.attached:
+            self._issue_ahead()
+
+    # -- hooks --------------------------------------------------------------------------------------
+    def _pre_hook(self, index: int):
+        def hook(module: nn.Module, args: Any) -> None:
+            self._block_starting(index)
+
+        return hook
+
+    def _post_hook(self, index: int):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self._block_finished(index)
+
+        return hook
+
+    def _block_starting(self, index: int) -> None:
+        if self._running is not None:  # the block before never reached its post-hook (interrupt)
+            self.blocks[self._running[0]].unbind()
+            self._restart(index, "the previous block was interrupted")
+        elif self._next_run % len(self.blocks) != index:
+            expected = self.blocks[self._next_run % len(self.blocks)].name
+            self._restart(index, f"block {self.blocks[index].name!r} ran where {expected!r} was planned")
+        if index == 0:
+            self.telemetry.forward_started()
+        seq = self._next_run
+        slot = seq % self.slots
+        self.telemetry.block_waiting(seq)
+        self.backend.wait_ready(slot)
+        self.telemetry.block_ready(seq)
+        block = self.blocks[index]
+        block.bind(self.ring.views(block.layout, slot))
+        self._running = (index, seq, slot)
+
+    def _block_finished(self, index: int) -> None:
+        if self._running is None or self._running[0] != index:
+            return  # its pre-hook raised: nothing was bound or enqueued for it
+        _, seq, slot = self._running
+        self._running = None
+        self.backend.record_free(slot)
+        self.blocks[index].unbind()
+        self._next_run = seq + 1
+        self._issue_ahead()
+        if index == len(self.blocks) - 1:
+            self.telemetry.forward_finished()
+
+    # -- pipeline -----------------------------------------------------------------------------------
+    def _issue_ahead(self) -> None:
+        """Issue every copy whose slot's previous user has been enqueued: seqs below next_run + R."""
+        while self._next_copy < self._next_run + self.slots:
+            self._issue(self._next_copy)
+            self._next_copy += 1
+
+    def _issue(self, seq: int) -> None:
+        index, slot = seq % len(self.blocks), seq % self.slots
+        block = self.blocks[index]
+        dst = self._destinations.get((index, slot))
+        if dst is None:
+            dst = self._destinations[(index, slot)] = self.ring.slot(slot)[: block.source.numel()]
+        self.backend.copy(seq, slot, dst, block.source, self.telemetry)
+
+    def _restart(self, index: int, reason: str) -> None:
+        """Start the pipeline over at block ``index``, behind a device-side barrier."""
+        self.misses += 1
+        self.telemetry.miss()
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"distorch: streaming pipeline restarted: {reason}. Results stay correct, but every restart "
+                "copies synchronously; this warning is shown once.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        log.debug("streaming pipeline restart: %s", reason)
+        self.backend.barrier()  # in-flight copies land first; no new copy overtakes enqueued compute
+        self.telemetry.drop_pending()
+        n = len(self.blocks)
+        seq = self._next_copy + (index - self._next_copy) % n  # first seq >= next_copy that runs `index`
+        self._next_run = self._next_copy = seq
+        self._running = None
+        self._issue_ahead()

@@ -1,0 +1,105 @@
+"""Streaming on a real GPU: bit-exact, no host sync in the steady state, really pinned, no leaks."""
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+from distorch.engine import EngineOptions, StreamingEngine  # noqa: E402
+from streaming_helpers import inputs, plan_streaming  # noqa: E402
+from toy_models import make_model  # noqa: E402
+
+DEVICE = torch.device("cuda", 0)
+
+
+def resident_outputs(xs):
+    model = make_model(torch.bfloat16).to(DEVICE)
+    with torch.no_grad():
+        return [model(x.to(DEVICE)) for x in xs]
+
+
+def streaming(count, ring_slots=3, keep_head_blocks=1, **options):
+    model = make_model(torch.bfloat16)
+    plan = plan_streaming(model, count, ring_slots, keep_head_blocks)
+    engine = StreamingEngine(model, plan, EngineOptions(ring_slots=ring_slots, **options))
+    engine.load(DEVICE)
+    return model, engine
+
+
+def run(model, xs):
+    with torch.no_grad():
+        return [model(x.to(DEVICE)) for x in xs]
+
+
+@pytest.mark.parametrize("count,slots,head", [(1, 1, 1), (5, 2, 1), (5, 3, 1), (9, 3, 1), (10, 3, 0), (4, 3, 1)])
+def test_streamed_outputs_equal_resident_outputs_on_cuda(count, slots, head):
+    xs = inputs(torch.bfloat16, count=5)
+    model, engine = streaming(count, slots, head)
+    outputs = run(model, xs)
+    assert all(torch.equal(a, b) for a, b in zip(outputs, resident_outputs(xs)))
+    assert engine.misses == 0
+
+
+def test_no_host_synchronisation_in_the_steady_state():
+    xs = [x.to(DEVICE) for x in inputs(torch.bfloat16, count=3)]
+    model, engine = streaming(5, 3, pin_host=True)
+    with torch.no_grad():
+        model(xs[0])
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(xs[1])
+            model(xs[2])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert engine.misses == 0
+
+
+def test_the_arena_is_really_pinned():
+    model, engine = streaming(5)
+    arena = next(iter(engine._arenas.values()))
+    assert engine.pinned_bytes == arena.nbytes > 0
+    assert arena.buffer.is_pinned()
+    engine.unload("cpu")
+    assert engine.pinned_bytes == 0 and not arena.buffer.is_pinned()
+
+
+def test_pin_cap_keeps_the_arena_pageable_and_still_exact():
+    xs = inputs(torch.bfloat16, count=2)
+    model, engine = streaming(5, host_pin_cap_bytes=0)
+    assert engine.pinned_bytes == 0
+    assert all(torch.equal(a, b) for a, b in zip(run(model, xs), resident_outputs(xs)))
+
+
+def test_twenty_load_unload_cycles_return_device_memory_to_baseline():
+    xs = inputs(torch.bfloat16, count=2)
+    model = make_model(torch.bfloat16)
+    engine = StreamingEngine(model, plan_streaming(model, 5), EngineOptions())
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated(DEVICE)
+    for _ in range(20):
+        engine.load(DEVICE)
+        run(model, xs)
+        engine.unload("cpu")
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated(DEVICE) == baseline
+
+
+def test_telemetry_measures_copies_and_overlap_on_cuda():
+    model, engine = streaming(5)
+    run(model, inputs(torch.bfloat16, count=4))
+    stats = engine.telemetry.summary()
+    assert len(stats.forwards) == 4 and all(f.copies == 5 for f in stats.forwards)
+    assert stats.copy_s > 0 and stats.overlap is not None and 0.0 <= stats.overlap <= 1.0
+
+
+def test_a_forward_that_raises_midway_does_not_corrupt_the_next_one_on_cuda():
+    xs = inputs(torch.bfloat16, count=2)
+    model, engine = streaming(5, 2)
+    run(model, xs[:1])
+    model.fail_at = 3
+    with pytest.raises(RuntimeError):
+        run(model, xs[:1])
+    model.fail_at = None
+    with pytest.warns(RuntimeWarning):
+        outputs = run(model, xs)
+    assert all(torch.equal(a, b) for a, b in zip(outputs, resident_outputs(xs)))

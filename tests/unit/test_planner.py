@@ -1,0 +1,117 @@
+"""distorch.planner: fewest streamed blocks, spread evenly, within budgets and store capacities."""
+import pytest
+
+from distorch.errors import BudgetError
+from distorch.planner import PlacementPlan, StoreBudget, plan_placement, spread_evenly
+
+CPU = [StoreBudget("cpu")]
+
+
+def equal_blocks(count: int, size: int = 100) -> list[tuple[str, int]]:
+    return [(f"blocks.{i}", size) for i in range(count)]
+
+
+def streamed_indices(plan: PlacementPlan) -> list[int]:
+    order = [name for name, _ in plan.block_sizes]
+    return [order.index(name) for name, _ in plan.streamed]
+
+
+def test_nothing_streams_when_the_budget_holds_the_whole_model():
+    plan = plan_placement(equal_blocks(10), 50, "cuda:0", 1050, CPU)
+    assert plan.streamed == () and plan.ring_slots == 0 and plan.resident_bytes == 1050
+
+
+def test_streams_the_fewest_blocks_that_fit():
+    # 10 x 100 + 50 other, 3 slots of 100: 50 + 100 * (10 - k) + 300 <= 850 first holds at k = 5
+    plan = plan_placement(equal_blocks(10), 50, "cuda:0", 850, CPU)
+    assert len(plan.streamed) == 5
+    assert plan.device_footprint_bytes == 850
+
+
+def test_activation_reserve_counts_against_the_budget():
+    without = plan_placement(equal_blocks(10), 50, "cuda:0", 800, CPU)
+    with_reserve = plan_placement(equal_blocks(10), 50, "cuda:0", 800, CPU, activation_reserve_bytes=200)
+    assert len(with_reserve.streamed) == len(without.streamed) + 2
+
+
+def test_streamed_blocks_are_spread_evenly_not_taken_from_the_tail():
+    plan = plan_placement(equal_blocks(40), 0, "cuda:0", 2000 + 300, CPU)
+    indices = streamed_indices(plan)
+    gaps = [b - a for a, b in zip(indices, indices[1:])]
+    assert len(indices) == 20 and max(gaps) - min(gaps) <= 1
+    assert indices != list(range(20, 40))
+
+
+def test_spread_stays_even_with_unequal_block_sizes():
+    blocks = [(f"double.{i}", 300) for i in range(19)] + [(f"single.{i}", 150) for i in range(38)]
+    plan = plan_placement(blocks, 1000, "cuda:0", 7000, CPU)
+    indices = streamed_indices(plan)
+    gaps = [b - a for a, b in zip(indices, indices[1:])]
+    assert max(gaps) - min(gaps) <= 1
+    assert plan.slot_bytes == 300
+
+
+def test_spread_evenly_gaps_differ_by_at_most_one():
+    for total in range(1, 30):
+        for count in range(1, total + 1):
+            picks = spread_evenly(count, total)
+            gaps = [b - a for a, b in zip(picks, picks[1:])]
+            assert len(set(picks)) == count and all(0 <= p < total for p in picks)
+            assert not gaps or max(gaps) - min(gaps) <= 1
+
+
+def test_head_blocks_stay_resident():
+    plan = plan_placement(equal_blocks(10), 0, "cuda:0", 400, CPU, ring_slots=1, keep_head_blocks=2)
+    assert {"blocks.0", "blocks.1"} <= set(plan.resident)
+
+
+def test_everything_may_stream_without_a_head():
+    plan = plan_placement(equal_blocks(10), 0, "cuda:0", 300, CPU, ring_slots=3, keep_head_blocks=0)
+    assert len(plan.streamed) == 10 and plan.resident == ()
+
+
+def test_budget_error_names_the_numbers_and_the_minimum_budget():
+    with pytest.raises(BudgetError) as caught:
+        plan_placement(equal_blocks(10), 50, "cuda:0", 300, CPU, ring_slots=3)
+    message = str(caught.value)
+    assert "300" in message and "50" in message and "minimum budget is 450" in message
+
+
+def test_ring_has_the_requested_slots_each_the_size_of_the_largest_streamed_block():
+    blocks = [(f"double.{i}", 300) for i in range(4)] + [(f"single.{i}", 100) for i in range(8)]
+    plan = plan_placement(blocks, 0, "cuda:0", 1900, CPU, ring_slots=2)
+    assert plan.ring_slots == 2 and plan.slot_bytes == 300
+
+
+def test_store_capacity_is_respected():
+    stores = [StoreBudget("cuda:1", capacity_bytes=300), StoreBudget("cpu")]
+    plan = plan_placement(equal_blocks(10), 0, "cuda:0", 400, stores, ring_slots=1)
+    assert plan.bytes_by_device()["cuda:1"] <= 300
+    assert sum(1 for _, store in plan.streamed if store == "cuda:1") == 3
+
+
+def test_stores_interleave_in_proportion_to_bandwidth():
+    stores = [StoreBudget("cpu", bandwidth_gbps=50.0), StoreBudget("cuda:1", bandwidth_gbps=25.0)]
+    plan = plan_placement(equal_blocks(13), 0, "cuda:0", 200, stores, ring_slots=1, keep_head_blocks=1)
+    order = [store for _, store in plan.streamed]
+    assert order.count("cpu") == 8 and order.count("cuda:1") == 4
+    assert "cuda:1" in order[:3]  # both links busy from the start, not one store after the other
+
+
+def test_too_little_store_capacity_raises():
+    with pytest.raises(BudgetError, match="no store can hold"):
+        plan_placement(equal_blocks(10), 0, "cuda:0", 400, [StoreBudget("cpu", capacity_bytes=250)], ring_slots=1)
+
+
+def test_bytes_by_device_adds_up():
+    plan = plan_placement(equal_blocks(10), 50, "cuda:0", 800, CPU)
+    held = plan.bytes_by_device()
+    assert held["cuda:0"] == plan.resident_bytes + plan.ring_slots * plan.slot_bytes
+    assert held["cpu"] == plan.streamed_bytes
+
+
+def test_table_lists_devices_roles_and_transfer_time():
+    plan = plan_placement(equal_blocks(10, size=10**9), 0, "cuda:0", 8 * 10**9, [StoreBudget("cpu", bandwidth_gbps=50.0)])
+    table = plan.table()
+    assert "cuda:0" in table and "store" in table and "compute" in table
+    assert "expected transfer per forward: 100 ms" in table  # 5 GB at 50 GB/s
