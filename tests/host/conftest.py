@@ -1,6 +1,7 @@
 """One real ComfyUI server per test session, with the plugin and the test-only probe node loaded."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sys
 from pathlib import Path
@@ -10,11 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from comfy_server import ComfyServer, ensure_models  # noqa: E402
+from comfy_server import BASE_DIR, COMFY_ROOT, MODELS_DIR, ComfyServer, ensure_models  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"
 PROBE_NODES = Path(__file__).resolve().parent / "probe_nodes"
 _seeds = itertools.count(1000)
+PLUGIN = BASE_DIR / "custom_nodes" / "comfyui-distorch"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,3 +55,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     running = item.funcargs.get("server") if hasattr(item, "funcargs") else None
     if report.failed and running is not None:
         report.sections.append(("ComfyUI server log (tail)", running.log_tail(80)))
+
+
+@pytest.fixture(scope="session")
+def comfy_nodes(models: dict[str, Path]):
+    """ComfyUI's `nodes` with its built-in extra nodes and this plugin loaded, as the server does."""
+    from synth.comfy_env import import_comfy  # scripts/ is on sys.path (conftest)
+
+    import_comfy(COMFY_ROOT)  # --cpu, and ComfyUI's tree first on sys.path
+    import utils.extra_config  # noqa: F401  (must precede `import nodes`)
+    import folder_paths
+    import nodes
+
+    assert Path(nodes.__file__).resolve().parent == COMFY_ROOT.resolve()
+    for kind in ("diffusion_models", "checkpoints", "text_encoders", "vae", "loras"):
+        folder_paths.add_model_folder_path(kind, str(MODELS_DIR / kind))
+    if "TripleCLIPLoader" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    if "UNETLoaderDevice" not in nodes.NODE_CLASS_MAPPINGS:
+        assert asyncio.run(nodes.load_custom_node(str(PLUGIN)))
+    return nodes

@@ -5,37 +5,13 @@ target does not move weights, so nothing here computes on it.
 """
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from comfy_server import BASE_DIR, COMFY_ROOT, MODELS_DIR
-
-PLUGIN = BASE_DIR / "custom_nodes" / "comfyui-distorch"
 META, CPU = torch.device("meta"), torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def comfy_nodes(models: dict[str, Path]):
-    """ComfyUI's `nodes` with its built-in extra nodes and this plugin loaded, as the server does."""
-    from synth.comfy_env import import_comfy  # scripts/ is on sys.path (conftest)
-
-    import_comfy(COMFY_ROOT)  # --cpu, and ComfyUI's tree first on sys.path
-    import utils.extra_config  # noqa: F401  (must precede `import nodes`)
-    import folder_paths
-    import nodes
-
-    assert Path(nodes.__file__).resolve().parent == COMFY_ROOT.resolve()
-    for kind in ("diffusion_models", "checkpoints", "text_encoders", "vae"):
-        folder_paths.add_model_folder_path(kind, str(MODELS_DIR / kind))
-    if "TripleCLIPLoader" not in nodes.NODE_CLASS_MAPPINGS:
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    if "UNETLoaderDevice" not in nodes.NODE_CLASS_MAPPINGS:
-        assert asyncio.run(nodes.load_custom_node(str(PLUGIN)))
-    return nodes
 
 
 @pytest.fixture

@@ -1,0 +1,78 @@
+"""From what the user asked (virtual VRAM or an expert allocation) to a placement plan.
+
+The compute device's share of the allocation is its weight budget (resident weights + staging ring); every
+other device listed becomes a store for streamed blocks (pinned host RAM for `cpu`, VRAM for a donor GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .allocation import Allocation, parse_allocation, virtual_vram_bytes
+from .devices import canonical_device, require_device
+from .errors import AllocationError
+from .planner import PlacementPlan, StoreBudget, plan_placement
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What a DisTorch loader node was asked for."""
+
+    compute_device: str
+    virtual_vram_gb: float
+    donor_device: str
+    expert_allocation: str = ""
+    ring_slots: int = 2
+    keep_head_blocks: int = 1
+
+
+def compute_shares(request: StreamRequest, model_bytes: int, device_total: Callable[[str], int],
+                   available: Sequence[str] | None = None) -> tuple[str, int, list[tuple[str, int]]]:
+    """``(compute device, its bytes, [(store device, bytes), ...])``; an expert string wins over the
+    one-number form."""
+    compute = require_device(request.compute_device, available)
+    if request.expert_allocation.strip():
+        allocation = parse_allocation(request.expert_allocation)
+    elif compute == canonical_device(request.donor_device) == "cpu":
+        # CPU compute streaming from a CPU arena: no speed to gain, but the very same machinery, which is how
+        # it is verified on machines without a GPU. The arena is the only store.
+        moved = min(virtual_vram_bytes(request.virtual_vram_gb), model_bytes)
+        return compute, model_bytes - moved, [("cpu", moved)]
+    else:
+        allocation = Allocation.from_virtual_vram(compute, request.virtual_vram_gb, request.donor_device, model_bytes)
+    devices = [e.device for e in allocation.entries]
+    if compute not in devices:
+        raise AllocationError(
+            "allocation does not list the compute device", token=request.expert_allocation, position=0,
+            text=request.expert_allocation, hint=f"start it with '{compute},<bytes>'", what="allocation",
+        )
+    totals = {d: device_total(require_device(d, available)) for d in devices}
+    shares = allocation.resolve(model_bytes, totals)
+    return compute, shares[compute], [(d, n) for d, n in shares.items() if d != compute]
+
+
+def store_budgets(shares: Sequence[tuple[str, int]]) -> list[StoreBudget]:
+    """Stores for the non-compute shares. Streaming needs a staging ring inside the compute device's share, so
+    slightly more than the other shares must stream: the last store listed (the wildcard or the donor, usually
+    cpu) has no cap and absorbs it."""
+    last = len(shares) - 1
+    return [StoreBudget(device, None if i == last else n, None) for i, (device, n) in enumerate(shares)]
+
+
+def plan_request(
+    request: StreamRequest,
+    blocks: Sequence[tuple[str, int]],
+    other_bytes: int,
+    device_total: Callable[[str], int],
+    available: Sequence[str] | None = None,
+) -> PlacementPlan:
+    """Resolve a request against real device sizes and plan the placement."""
+    model_bytes = other_bytes + sum(n for _, n in blocks)
+    compute, budget, shares = compute_shares(request, model_bytes, device_total, available)
+    return plan_placement(
+        blocks, other_bytes, compute, budget, store_budgets(shares),
+        ring_slots=request.ring_slots, keep_head_blocks=request.keep_head_blocks,
+    )
+
+
+__all__ = ["StreamRequest", "compute_shares", "plan_request", "store_budgets"]

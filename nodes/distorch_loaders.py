@@ -1,0 +1,123 @@
+"""DisTorch loader nodes: a core loader's model, with part of its weights streamed to the compute device.
+
+Each node keeps the core loader's inputs (derived at import, so new core inputs appear) and adds
+`compute_device`, `virtual_vram_gb` (GB, 1e9 bytes, of weights to keep off the compute device),
+`donor_device` (where those weights live: `cpu` = pinned host RAM, or another GPU) and `expert_allocation`
+(e.g. `cuda:0,8gb;cpu,*`; when not empty it wins over the one-number form). The plan is printed as a table.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..distorch.budget import StreamRequest, plan_request
+from ..distorch.devices import available_devices, device_total_memory
+from ..distorch.engine import EngineOptions
+from ..distorch.layout import layout_model
+from ..distorch.planner import PlacementPlan
+from . import comfy_adapter
+from .streaming_patcher import StreamingModelPatcher
+
+log = logging.getLogger("distorch")
+CATEGORY = "distorch/streaming"
+
+# core node -> (our node id, display name, which output is streamed and how to reach its ModelPatcher)
+VARIANTS: dict[str, tuple[str, str, int, str]] = {
+    "UNETLoader": ("DisTorchUNETLoader", "Load Diffusion Model (DisTorch streaming)", 0, "model"),
+    "CheckpointLoaderSimple": ("DisTorchCheckpointLoader", "Load Checkpoint (DisTorch streaming)", 0, "model"),
+    "CLIPLoader": ("DisTorchCLIPLoader", "Load CLIP (DisTorch streaming)", 0, "clip"),
+    "DualCLIPLoader": ("DisTorchDualCLIPLoader", "DualCLIPLoader (DisTorch streaming)", 0, "clip"),
+    "TripleCLIPLoader": ("DisTorchTripleCLIPLoader", "TripleCLIPLoader (DisTorch streaming)", 0, "clip"),
+}
+
+
+def streaming_inputs() -> dict[str, tuple]:
+    devices = available_devices()
+    compute_default = next((d for d in devices if d != "cpu"), "cpu")
+    return {
+        "compute_device": (devices, {"default": compute_default,
+                                     "tooltip": "GPU that runs the model; streamed weights are copied here"}),
+        "virtual_vram_gb": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 1024.0, "step": 0.1,
+                                      "tooltip": "GB (1e9 bytes) of weights kept off the compute device"}),
+        "donor_device": (devices, {"default": "cpu",
+                                   "tooltip": "where the off-device weights live: cpu = pinned RAM, or a GPU"}),
+        "expert_allocation": ("STRING", {"default": "", "multiline": False,
+                                         "tooltip": "e.g. cuda:0,8gb;cpu,* or cuda:0,25%;cpu,75%; wins when set"}),
+    }
+
+
+def request_from(kwargs: dict[str, Any]) -> StreamRequest:
+    return StreamRequest(
+        compute_device=kwargs.pop("compute_device"),
+        virtual_vram_gb=float(kwargs.pop("virtual_vram_gb")),
+        donor_device=kwargs.pop("donor_device"),
+        expert_allocation=kwargs.pop("expert_allocation", "") or "",
+    )
+
+
+def plan_for_module(root: torch.nn.Module, request: StreamRequest) -> PlacementPlan:
+    layout = layout_model(root)
+    return plan_request(request, layout.block_sizes, layout.other_bytes, device_total_memory)
+
+
+def make_streaming(patcher: Any, request: StreamRequest) -> StreamingModelPatcher:
+    """Wrap a freshly loaded ModelPatcher so its model streams by the requested plan."""
+    plan = plan_for_module(patcher.model, request)
+    log.info("[DisTorch] %s: compute on %s\n%s", type(patcher.model).__name__, request.compute_device, plan.table())
+    return StreamingModelPatcher.wrap(patcher, plan, EngineOptions(ring_slots=request.ring_slots),
+                                      torch.device(request.compute_device))
+
+
+def _stream_output(outputs: tuple, index: int, kind: str, request: StreamRequest) -> tuple:
+    outputs = list(outputs)
+    target = outputs[index]
+    if kind == "model":
+        outputs[index] = make_streaming(target, request)
+    else:
+        clip = target.clone()
+        clip.patcher = make_streaming(target.patcher, request)
+        outputs[index] = clip
+    return tuple(outputs)
+
+
+def make_variant(core_name: str, core_cls: type) -> type:
+    node_id, display, index, kind = VARIANTS[core_name]
+    types, names, _ = comfy_adapter.return_spec(core_cls)
+
+    def input_types(cls) -> dict:
+        schema = comfy_adapter.input_schema(core_cls)
+        schema.setdefault("required", {})
+        optional = schema.get("optional", {})
+        optional.pop("device", None)  # the core CLIP loaders' own default/cpu switch: compute_device replaces it
+        schema["required"].update(streaming_inputs())
+        return schema
+
+    def load(self, **kwargs):
+        request = request_from(kwargs)
+        return _stream_output(comfy_adapter.call_core(core_cls, kwargs), index, kind, request)
+
+    attrs = {
+        "INPUT_TYPES": classmethod(input_types), "RETURN_TYPES": types, "FUNCTION": "load",
+        "CATEGORY": CATEGORY, "load": load,
+        "DESCRIPTION": f"{core_name} whose weights stream to the compute device by a DisTorch placement plan.",
+    }
+    if names:
+        attrs["RETURN_NAMES"] = names
+    return type(node_id, (), attrs)
+
+
+def build_mappings() -> tuple[dict[str, type], dict[str, str]]:
+    classes, names = {}, {}
+    for core_name, (node_id, display, _, _) in VARIANTS.items():
+        core_cls = comfy_adapter.core_node(core_name)
+        if core_cls is None:
+            log.info("[DisTorch] this ComfyUI has no %s; %s not registered", core_name, node_id)
+            continue
+        classes[node_id] = make_variant(core_name, core_cls)
+        names[node_id] = display
+    return classes, names
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings()

@@ -1,0 +1,222 @@
+"""The one place where the DisTorch engine meets ComfyUI's ModelPatcher and memory manager.
+
+`StreamingModelPatcher` is a ModelPatcher subclass (the extension point ComfyUI-GGUF uses too). It changes
+how the model's weights reach the compute device and nothing else:
+
+- ComfyUI's `load_models_gpu` is told the truth: `model_size()` / `loaded_size()` are the bytes the engine
+  really keeps on the compute device (resident weights + staging ring), so other models are unloaded only as
+  far as needed, and `free_memory`/eject really free what we hold.
+- `load()` hands placement to the engine (resident modules on the GPU, streamed blocks in a pinned host
+  arena, hooks for the copy pipeline), then applies weight patches (LoRA...) with ComfyUI's own
+  `patch_weight_to_device`, computed on the compute device exactly as a resident load would, so results are
+  bit-identical; streamed weights are written back into the arena once per patch change.
+- A patch change on a loaded model (new LoRA strength) re-patches only the keys whose patch list changed.
+- `partially_unload` cannot give back part of the model (the plan is fixed at load); it frees nothing, and
+  ComfyUI then unloads the model completely, which the engine does cleanly.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+from dataclasses import dataclass, field
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.utils
+
+from ..distorch.engine import EngineOptions, StreamingEngine
+from ..distorch.planner import PlacementPlan
+from ..distorch.registry import REGISTRY
+
+log = logging.getLogger("distorch")
+
+Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])  # ComfyUI's backup record shape
+WRAPPER_KEY = "distorch"
+
+
+@dataclass
+class StreamingState:
+    """Shared by a patcher and all its clones: they share one nn.Module, hence one engine."""
+
+    plan: PlacementPlan
+    engine: StreamingEngine
+    # key -> the patch list baked into the weights now; holding the list keeps ids of its objects stable.
+    applied: dict[str, tuple] = field(default_factory=dict)
+
+
+def _patch_signature(patches: list) -> tuple:
+    return tuple(patches)
+
+
+def _same_patches(a: tuple, b: tuple) -> bool:
+    if len(a) != len(b):
+        return False
+    for pa, pb in zip(a, b):
+        if len(pa) != len(pb) or pa[0] != pb[0] or pa[1] is not pb[1]:
+            return False
+        if any(x is not y and x != y for x, y in zip(pa[2:], pb[2:])):
+            return False
+    return True
+
+
+class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
+    """A ModelPatcher whose model streams part of its weights through the DisTorch engine."""
+
+    distorch: StreamingState
+
+    @classmethod
+    def wrap(cls, base: comfy.model_patcher.ModelPatcher, plan: PlacementPlan, options: EngineOptions,
+             compute_device: torch.device) -> "StreamingModelPatcher":
+        base.detach()
+        patcher = cls(base.model, compute_device, torch.device("cpu"), weight_inplace_update=base.weight_inplace_update)
+        patcher.patches = {k: v[:] for k, v in base.patches.items()}
+        patcher.patches_uuid = base.patches_uuid
+        patcher.object_patches = base.object_patches.copy()
+        patcher.model_options = base.model_options
+        # The engine's root is the patcher's whole model, so its tensor names are ComfyUI's patch keys and
+        # non-block parts (model_sampling buffers...) move to the compute device as in a full load.
+        patcher.distorch = StreamingState(plan=plan, engine=StreamingEngine(base.model, plan, options))
+        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
+                                     functools.partial(_report_after_sampling, patcher.distorch))
+        return patcher
+
+    def clone(self) -> "StreamingModelPatcher":
+        n = super().clone()
+        n.distorch = self.distorch
+        return n
+
+    # --- what ComfyUI's memory manager reads --------------------------------------------------------
+    def model_size(self) -> int:
+        return self.distorch.plan.device_footprint_bytes
+
+    def get_ram_usage(self) -> int:
+        return comfy.model_management.module_size(self.model)
+
+    # --- loading ------------------------------------------------------------------------------------
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        device_to = device_to or self.load_device
+        engine = self.distorch.engine
+        with self.use_ejected():
+            self.unpatch_hooks()
+            if not engine.is_loaded:
+                _log_plan(self.distorch.plan)
+                engine.load(device_to)
+            self._apply_patches(device_to)
+            self.model.device = device_to
+            self.model.model_lowvram = False
+            self.model.lowvram_patch_counter = 0
+            self.model.model_loaded_weight_memory = self.distorch.plan.device_footprint_bytes
+            self.model.model_offload_buffer_memory = 0
+            self.model.current_weight_patches_uuid = self.patches_uuid
+            for callback in self.get_all_callbacks(comfy.patcher_extension.CallbacksMP.ON_LOAD):
+                callback(self, device_to, lowvram_model_memory, force_patch_weights, full_load)
+            self.apply_hooks(self.forced_hooks, force_apply=True)
+
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+        with self.use_ejected(skip_and_inject_on_exit_only=True):
+            before = self.model.model_loaded_weight_memory if self.distorch.engine.is_loaded else 0
+            self.patch_model(load_weights=False)
+            if not self.distorch.engine.is_loaded or self.model.current_weight_patches_uuid != self.patches_uuid:
+                try:
+                    self.load(device_to)
+                except Exception:
+                    self.detach()
+                    raise
+            return self.model.model_loaded_weight_memory - before
+
+    def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
+        return 0
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        self.eject_model()
+        if unpatch_weights:
+            self.unpatch_hooks()
+            engine = self.distorch.engine
+            if engine.is_loaded:
+                engine.unload(device_to or self.offload_device)
+            self._restore_all_backups()
+            self.model.current_weight_patches_uuid = None
+            self.model.model_loaded_weight_memory = 0
+            self.model.model_offload_buffer_memory = 0
+            self.model.device = device_to or self.offload_device
+        for k in list(self.object_patches_backup.keys()):
+            comfy.utils.set_attr(self.model, k, self.object_patches_backup[k])
+        self.object_patches_backup.clear()
+
+    # --- weight patches -------------------------------------------------------------------------------
+    def _streamed_keys(self) -> frozenset[str]:
+        return self.distorch.engine.streamed_tensor_names()
+
+    def _apply_patches(self, device_to: torch.device) -> None:
+        state = self.distorch
+        streamed = self._streamed_keys()
+        wanted = {k: _patch_signature(v) for k, v in self.patches.items()}
+        changed = [k for k in set(wanted) | set(state.applied)
+                   if k not in state.applied or k not in wanted or not _same_patches(wanted[k], state.applied[k])]
+        if not changed:
+            return
+        with state.engine.updating():
+            for key in changed:
+                self._restore_backup(key, streamed)
+                state.applied.pop(key, None)
+                if key in wanted:
+                    self._patch_key(key, device_to, streamed)
+                    state.applied[key] = wanted[key]
+
+    def _patch_key(self, key: str, device_to: torch.device, streamed: frozenset[str]) -> None:
+        if key not in streamed:
+            self.patch_weight_to_device(key, device_to=device_to)
+            return
+        # Streamed: compute with ComfyUI's own code on the compute device (same kernels and rounding seed as a
+        # resident load, hence the same bits), then store the result in the arena. The original Parameter
+        # object is put back, because the streamer rebinds that object's data to staging slots.
+        engine = self.distorch.engine
+        param = comfy.utils.get_attr(self.model, key)
+        if key not in self.backup:
+            self.backup[key] = Backup(engine.host_view(key).clone(), True)
+        self.patch_weight_to_device(key, device_to=device_to)
+        patched = comfy.utils.get_attr(self.model, key)
+        if patched is not param:
+            engine.write_streamed(key, patched.data)
+            comfy.utils.set_attr(self.model, key, param)
+
+    def _restore_backup(self, key: str, streamed: frozenset[str]) -> None:
+        bk = self.backup.pop(key, None)
+        if bk is None:
+            return
+        if key in streamed:
+            self.distorch.engine.write_streamed(key, bk.weight)
+            return
+        current = comfy.utils.get_attr(self.model, key)
+        weight = bk.weight.to(current.device)
+        if bk.inplace_update:
+            comfy.utils.copy_to_param(self.model, key, weight)
+        else:
+            comfy.utils.set_attr_param(self.model, key, weight)
+
+    def _restore_all_backups(self) -> None:
+        state = self.distorch
+        streamed = self._streamed_keys()
+        with state.engine.updating():
+            for key in list(self.backup.keys()):
+                self._restore_backup(key, streamed)
+        state.applied.clear()
+
+
+
+def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):
+    """Telemetry per prompt: reset before sampling, one console line and a registry record after it."""
+    state.engine.telemetry.summary()  # drop what earlier, unreported forwards left behind
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        stats = state.engine.telemetry.summary()
+        REGISTRY.record_prompt_stats(stats.as_dict())
+        log.info("[DisTorch] %s", stats.console_line())
+
+
+def _log_plan(plan: PlacementPlan) -> None:
+    log.info("[DisTorch] placement plan\n%s", plan.table())

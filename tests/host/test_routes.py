@@ -1,0 +1,102 @@
+"""Specification of the HTTP routes the front-end extension uses, on a real ComfyUI server."""
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FLUX = "distorch-tiny-flux.safetensors"
+
+
+def call(server, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+    """(status, parsed JSON body) for any status, 4xx included."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(server.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        text = error.read()
+        if not text.startswith(b"{"):  # aiohttp's own 404/405 page: the route does not exist
+            pytest.fail(f"{method} {path} -> {error.code}, not our route: nodes/__init__.py must import nodes.routes")
+        return error.code, json.loads(text)
+
+
+def file_tensor_bytes(path: Path) -> int:
+    sys.path.insert(0, str(ROOT))  # the engine is importable without ComfyUI
+    from distorch.plan_preview import tensor_bytes
+
+    return tensor_bytes([path])
+
+
+def flux_request(**overrides) -> dict:
+    return {"model_folder": "diffusion_models", "model_name": FLUX, "compute_device": "cpu",
+            "virtual_vram_gb": 0.0, "donor_device": "cpu", "expert_allocation": "", **overrides}
+
+
+def test_devices_route_lists_cpu_with_its_memory(server):
+    status, body = call(server, "GET", "/distorch/devices")
+    assert status == 200
+    cpu = next(d for d in body["devices"] if d["device"] == "cpu")
+    assert cpu["total_bytes"] > 0 and 0 <= cpu["free_bytes"] <= cpu["total_bytes"]
+
+
+def test_preview_of_tiny_flux_puts_every_tensor_byte_on_a_device(server, models):
+    status, body = call(server, "POST", "/distorch/preview", flux_request())
+    assert status == 200, body
+    assert sum(body["bytes_by_device"].values()) == file_tensor_bytes(models["flux_tiny"]) == body["model_bytes"]
+    assert [name for name in body["plan"]["resident"]] == ["double_blocks.0", "single_blocks.0"]
+
+
+def test_routes_are_also_served_under_the_api_prefix_the_front_end_uses(server):
+    status, body = call(server, "POST", "/api/distorch/preview", flux_request())
+    assert status == 200 and body["files"] == [FLUX]
+
+
+def test_preview_rejects_a_bad_allocation_with_400_naming_token_and_position(server):
+    status, body = call(server, "POST", "/distorch/preview", flux_request(expert_allocation="cpu,8gx"))
+    assert status == 400
+    assert (body["token"], body["position"]) == ("gx", 5)
+    assert "unknown unit 'gx' at position 5" in body["error"]
+
+
+def test_preview_reports_an_unmet_budget_as_400_without_token(server):
+    status, body = call(server, "POST", "/distorch/preview", flux_request(expert_allocation="cpu,1kb"))
+    assert status == 400 and body["token"] is None and body["kind"] == "BudgetError"
+
+
+@pytest.mark.parametrize("name", ["../checkpoints/distorch-tiny-sd15.safetensors", "/etc/passwd",
+                                  "../../../../etc/passwd", "missing.safetensors"])
+def test_preview_only_reads_files_listed_in_the_model_folder(server, name):
+    status, body = call(server, "POST", "/distorch/preview", flux_request(model_name=name))
+    assert status == 404 and name in body["error"]
+
+
+def test_preview_refuses_folders_that_hold_no_streamable_model(server):
+    status, body = call(server, "POST", "/distorch/preview", flux_request(model_folder="../.."))
+    assert status == 404 and "model_folder" in body["error"]
+
+
+def test_preview_rejects_a_body_that_is_not_json(server):
+    call(server, "GET", "/distorch/devices")  # fails clearly if the routes are missing
+    request = urllib.request.Request(server.url + "/distorch/preview", data=b"{nope", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 400
+
+
+def test_telemetry_route_answers_a_list_of_records(server):
+    status, body = call(server, "GET", "/distorch/telemetry")
+    assert status == 200 and isinstance(body["records"], list) and isinstance(body["available"], bool)
+
+
+def test_the_front_end_extension_is_served_from_web_directory(server):
+    with urllib.request.urlopen(server.url + "/extensions/comfyui-distorch/distorch.js", timeout=30) as response:
+        assert response.status == 200
+        assert "app.registerExtension" in response.read().decode()
