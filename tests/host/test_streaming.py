@@ -98,3 +98,95 @@ def test_streamed_flux_latents_are_bitwise_identical_to_resident(comfy_nodes, st
     (model,) = _node(comfy_nodes, "UNETLoader", unet_name="distorch-tiny-flux.safetensors", weight_dtype="default")
     patcher = _streamed_patcher(streaming, model, streamed_blocks, ring_slots)
     assert torch.equal(_sample(comfy_nodes, patcher, _flux_cond(), _flux_cond(), _flux_latent()), flux_reference)
+
+
+LORA = "distorch-tiny-flux-lora.safetensors"
+EVERYTHING = ["diffusion_model.double_blocks.0", "diffusion_model.single_blocks.0"]
+
+
+def _flux(comfy_nodes):
+    (model,) = _node(comfy_nodes, "UNETLoader", unet_name="distorch-tiny-flux.safetensors", weight_dtype="default")
+    return model
+
+
+def _with_lora(comfy_nodes, model, strength: float):
+    (patched,) = _node(comfy_nodes, "LoraLoaderModelOnly", model=model, lora_name=LORA, strength_model=strength)
+    return patched
+
+
+def _flux_sample(comfy_nodes, model) -> torch.Tensor:
+    return _sample(comfy_nodes, model, _flux_cond(), _flux_cond(), _flux_latent())
+
+
+@pytest.fixture(scope="module")
+def flux_lora_references(comfy_nodes):
+    model = _flux(comfy_nodes)
+    return {s: _flux_sample(comfy_nodes, _with_lora(comfy_nodes, model, s)) for s in (0.8, 0.5)}
+
+
+def test_lora_on_streamed_weights_matches_resident_lora_bitwise(comfy_nodes, streaming, flux_lora_references):
+    patcher = _streamed_patcher(streaming, _flux(comfy_nodes), EVERYTHING)
+    assert torch.equal(_flux_sample(comfy_nodes, _with_lora(comfy_nodes, patcher, 0.8)), flux_lora_references[0.8])
+
+
+def test_changing_lora_strength_rewrites_only_the_lora_keys(comfy_nodes, streaming, flux_lora_references,
+                                                             monkeypatch):
+    patcher = _streamed_patcher(streaming, _flux(comfy_nodes), EVERYTHING)
+    _flux_sample(comfy_nodes, _with_lora(comfy_nodes, patcher, 0.8))
+    engine = patcher.distorch.engine
+    written: list[str] = []
+    real_write = engine.write_streamed
+    monkeypatch.setattr(engine, "write_streamed", lambda name, value: (written.append(name), real_write(name, value)))
+    loads: list[int] = []
+    real_load = engine.load
+    monkeypatch.setattr(engine, "load", lambda device: (loads.append(1), real_load(device))[1])
+    weaker = _with_lora(comfy_nodes, patcher, 0.5)
+    assert torch.equal(_flux_sample(comfy_nodes, weaker), flux_lora_references[0.5])
+    lora_keys = set(weaker.patches) & engine.streamed_tensor_names()
+    assert loads == []  # no restage: the model stayed loaded
+    assert lora_keys and set(written) == lora_keys
+    assert len(written) == 2 * len(lora_keys)  # each key: original restored once, new result written once
+
+
+def test_unloading_returns_everything_to_the_host_and_the_next_prompt_matches(comfy_nodes, streaming,
+                                                                               flux_reference):
+    import comfy.model_management as mm
+
+    patcher = _streamed_patcher(streaming, _flux(comfy_nodes), EVERYTHING)
+    _flux_sample(comfy_nodes, patcher)
+    mm.unload_all_models()
+    engine = patcher.distorch.engine
+    assert not engine.is_loaded and patcher.loaded_size() == 0
+    assert all(not m._forward_pre_hooks for m in patcher.model.modules())
+    assert torch.equal(_flux_sample(comfy_nodes, patcher), flux_reference)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_a_prompt_interrupted_mid_forward_leaves_the_next_prompt_exact(comfy_nodes, streaming, flux_reference):
+    patcher = _streamed_patcher(streaming, _flux(comfy_nodes), EVERYTHING)
+    single = patcher.model.diffusion_model.single_blocks[0]
+
+    def interrupt(module, args):
+        raise _Interrupt("user pressed cancel")
+
+    handle = single.register_forward_pre_hook(interrupt)
+    with pytest.raises(_Interrupt):
+        _flux_sample(comfy_nodes, patcher)
+    handle.remove()
+    assert torch.equal(_flux_sample(comfy_nodes, patcher), flux_reference)
+
+
+def test_twenty_load_unload_cycles_leave_no_hooks_and_results_unchanged(comfy_nodes, streaming, flux_reference):
+    import comfy.model_management as mm
+
+    patcher = _streamed_patcher(streaming, _flux(comfy_nodes), EVERYTHING)
+    for _ in range(20):
+        mm.load_models_gpu([patcher])
+        assert patcher.distorch.engine.is_loaded
+        mm.unload_all_models()
+        assert not patcher.distorch.engine.is_loaded
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in patcher.model.modules())
+    assert torch.equal(_flux_sample(comfy_nodes, patcher), flux_reference)
