@@ -159,9 +159,5 @@ def build_variants() -> tuple[dict[str, type], dict[str, str]]:
     return classes, names
 
 
-try:
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_variants()
-    log.info("distorch: %d device loaders; memory path: %s", len(NODE_CLASS_MAPPINGS), comfy_adapter.memory_path())
-except ImportError as _error:  # imported outside ComfyUI (unit tests of distorch/*): no nodes, no crash
-    log.warning("distorch: device loaders disabled: %s", _error)
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_variants()
+log.info("distorch: %d device loaders; memory path: %s", len(NODE_CLASS_MAPPINGS), comfy_adapter.memory_path())

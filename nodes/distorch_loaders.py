@@ -12,12 +12,15 @@ from typing import Any
 
 import torch
 
+from ..distorch.allocation import parse_allocation
 from ..distorch.budget import StreamRequest, plan_request
+from ..distorch.errors import AllocationError
 from ..distorch.devices import available_devices, device_total_memory
 from ..distorch.engine import EngineOptions
 from ..distorch.layout import layout_model
 from ..distorch.planner import PlacementPlan
 from . import comfy_adapter
+from .device_loaders import check_device_name
 from .streaming_patcher import StreamingModelPatcher
 
 log = logging.getLogger("distorch")
@@ -46,6 +49,19 @@ def streaming_inputs() -> dict[str, tuple]:
         "expert_allocation": ("STRING", {"default": "", "multiline": False,
                                          "tooltip": "e.g. cuda:0,8gb;cpu,* or cuda:0,25%;cpu,75%; wins when set"}),
     }
+
+
+def validate_streaming_inputs(compute_device: str, donor_device: str, expert_allocation: str) -> bool | str:
+    for device in (compute_device, donor_device):
+        verdict = check_device_name(device)
+        if verdict is not True:
+            return verdict
+    if (expert_allocation or "").strip():
+        try:
+            parse_allocation(expert_allocation)
+        except AllocationError as error:
+            return str(error)
+    return True
 
 
 def request_from(kwargs: dict[str, Any]) -> StreamRequest:
@@ -94,12 +110,18 @@ def make_variant(core_name: str, core_cls: type) -> type:
         schema["required"].update(streaming_inputs())
         return schema
 
+    def validate_inputs(cls, compute_device: str, donor_device: str, expert_allocation: str = "") -> bool | str:
+        # Naming the device inputs makes ComfyUI skip its combo check, so an absent device reaches load()
+        # and fails there naming it; a malformed allocation is refused when the prompt is queued.
+        return validate_streaming_inputs(compute_device, donor_device, expert_allocation)
+
     def load(self, **kwargs):
         request = request_from(kwargs)
         return _stream_output(comfy_adapter.call_core(core_cls, kwargs), index, kind, request)
 
     attrs = {
-        "INPUT_TYPES": classmethod(input_types), "RETURN_TYPES": types, "FUNCTION": "load",
+        "INPUT_TYPES": classmethod(input_types), "VALIDATE_INPUTS": classmethod(validate_inputs),
+        "RETURN_TYPES": types, "FUNCTION": "load",
         "CATEGORY": CATEGORY, "load": load,
         "DESCRIPTION": f"{core_name} whose weights stream to the compute device by a DisTorch placement plan.",
     }
