@@ -53,18 +53,26 @@ class PlacementPlan:
     def streamed_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.streamed)
 
-    def bytes_by_device(self) -> dict[str, int]:
-        """Weight bytes each device holds (activation reserve excluded)."""
+    def bytes_by_store(self) -> dict[str, int]:
+        """Streamed bytes each store holds."""
         sizes = dict(self.block_sizes)
-        held = {self.compute_device: self.device_footprint_bytes}
+        held: dict[str, int] = {}
         for name, store in self.streamed:
             held[store] = held.get(store, 0) + sizes.get(name, 0)
+        return held
+
+    def bytes_by_device(self) -> dict[str, int]:
+        """Weight bytes each device holds (activation reserve excluded). A CPU compute device streaming
+        from a CPU arena holds both its footprint and the arena."""
+        held = {self.compute_device: self.device_footprint_bytes}
+        for store, nbytes in self.bytes_by_store().items():
+            held[store] = held.get(store, 0) + nbytes
         return held
 
     def transfer_seconds(self) -> dict[str, float]:
         """Expected per-forward transfer time per store whose bandwidth is known."""
         bandwidth = {s.device: s.bandwidth_gbps for s in self.stores if s.bandwidth_gbps}
-        held = self.bytes_by_device()
+        held = self.bytes_by_store()
         return {dev: held[dev] / (bandwidth[dev] * GB) for dev in bandwidth if dev in held}
 
     def table(self) -> str:
@@ -72,11 +80,11 @@ class PlacementPlan:
         counts: dict[str, int] = {}
         for _, store in self.streamed:
             counts[store] = counts.get(store, 0) + 1
-        held = self.bytes_by_device()
+        held = self.bytes_by_store()
         seconds = self.transfer_seconds()
         rows = [("device", "role", "blocks", "bytes", "transfer/forward")]
         ring = f" + ring {self.ring_slots}x{_gb(self.slot_bytes)}" if self.ring_slots else ""
-        rows.append((self.compute_device, "compute" + ring, str(len(self.resident)), _gb(held[self.compute_device]), ""))
+        rows.append((self.compute_device, "compute" + ring, str(len(self.resident)), _gb(self.device_footprint_bytes), ""))
         for store, count in counts.items():
             time = f"{seconds[store] * 1000:.0f} ms" if store in seconds else "?"
             rows.append((store, "store", str(count), _gb(held[store]), time))

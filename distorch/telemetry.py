@@ -104,7 +104,7 @@ class PromptStats:
         gbps = f"{self.gbps:.1f}" if self.gbps is not None else "-"
         overlap = f"{self.overlap * 100:.0f}%" if self.overlap is not None else "-"
         return (
-            f"distorch: {count} forwards, {per_forward} s/forward, streamed {self.streamed_bytes / GB:.2f} GB "
+            f"streaming: {count} forwards, {per_forward} s/forward, streamed {self.streamed_bytes / GB:.2f} GB "
             f"at {gbps} GB/s, overlap {overlap}, misses {self.misses}"
         )
 

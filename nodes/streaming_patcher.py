@@ -102,7 +102,6 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         with self.use_ejected():
             self.unpatch_hooks()
             if not engine.is_loaded:
-                _log_plan(self.distorch.plan)
                 engine.load(device_to)
             self._apply_patches(device_to)
             self.model.device = device_to
@@ -216,7 +215,3 @@ def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):
         stats = state.engine.telemetry.summary()
         REGISTRY.record_prompt_stats(stats.as_dict())
         log.info("[DisTorch] %s", stats.console_line())
-
-
-def _log_plan(plan: PlacementPlan) -> None:
-    log.info("[DisTorch] placement plan\n%s", plan.table())
