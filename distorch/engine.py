@@ -34,6 +34,7 @@ class EngineOptions:
     pin_host: bool = True
     host_pin_cap_bytes: int | None = None  # cap on host bytes pinned by ALL live engines together
     telemetry: bool = True
+    forward_root: str | None = None  # module path (relative to root) whose forward is one model forward
 
 
 def _tensor_at(root: nn.Module, name: str) -> torch.Tensor:
@@ -183,7 +184,8 @@ class StreamingEngine:
         self._ensure_telemetry(device)
         backend = make_backend(device, self._arenas.keys(), slots)
         self._streamer = BlockStreamer(self._streamed_blocks(), self._ring, backend, self.telemetry)
-        self._streamer.attach()
+        root = self.root.get_submodule(self.options.forward_root) if self.options.forward_root else None
+        self._streamer.attach(root)
         return self._ring.nbytes
 
     def _ensure_telemetry(self, device: torch.device) -> None:

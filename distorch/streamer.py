@@ -158,15 +158,24 @@ class BlockStreamer:
         self._next_run = 0  # sequence number of the next block expected to run
         self._next_copy = 0  # sequence number of the next copy to issue
         self._running: tuple[int, int, int] | None = None  # (block index, seq, slot) between its hooks
+        self._root_marks = False  # forward boundaries come from a forward root's hooks (see attach)
         self._handles: list[Any] = []
         self._warned = False
         self._destinations: dict[tuple[int, int], torch.Tensor] = {}
 
     # -- wiring -------------------------------------------------------------------------------------
-    def attach(self) -> None:
-        """Register the hooks and issue the first copies (they overlap whatever runs before the forward)."""
+    def attach(self, forward_root: nn.Module | None = None) -> None:
+        """Register the hooks and issue the first copies (they overlap whatever runs before the forward).
+
+        ``forward_root``, when given, is the module whose forward is one model forward: it only marks
+        forward boundaries for telemetry. Without it a forward is a pass over the streamed blocks."""
         if not self.blocks:
             return
+        self._root_marks = forward_root is not None
+        if forward_root is not None:
+            self._handles.append(forward_root.register_forward_pre_hook(lambda m, a: self.telemetry.forward_started()))
+            self._handles.append(forward_root.register_forward_hook(lambda m, a, o: self.telemetry.forward_finished(),
+                                                                    always_call=True))
         for index, block in enumerate(self.blocks):
             self._handles.append(block.module.register_forward_pre_hook(self._pre_hook(index)))
             self._handles.append(block.module.register_forward_hook(self._post_hook(index), always_call=True))
@@ -220,7 +229,7 @@ class BlockStreamer:
         elif self._next_run % len(self.blocks) != index:
             expected = self.blocks[self._next_run % len(self.blocks)].name
             self._restart(index, f"block {self.blocks[index].name!r} ran where {expected!r} was planned")
-        if index == 0:
+        if index == 0 and not self._root_marks:
             self.telemetry.forward_started()
         seq = self._next_run
         slot = seq % self.slots
@@ -240,7 +249,7 @@ class BlockStreamer:
         self.blocks[index].unbind()
         self._next_run = seq + 1
         self._issue_ahead()
-        if index == len(self.blocks) - 1:
+        if index == len(self.blocks) - 1 and not self._root_marks:
             self.telemetry.forward_finished()
 
     # -- pipeline -----------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ On CUDA every measurement is an event recorded on the stream doing the work; eve
 synchronous CPU backend the same marks are ``time.perf_counter`` readings.
 
 Definitions (per forward):
-- ``forward_s``: from the root module's forward start to its end, on the compute stream (stalls included).
+- ``forward_s``: from the forward root's forward start to its end (the engine's ``forward_root``, e.g. the
+  diffusion model), else from the first streamed block's start to the last one's end, on the compute stream
+  (stalls included).
 - ``copy_s``: the sum of the copies' durations on their copy streams (each from after its slot became
   free to its last byte landing); the copies counted are those whose blocks ran in this forward,
   including ones issued ahead during the previous forward.
@@ -37,6 +39,15 @@ class ForwardStats:
     copies: int
     misses: int
     synchronous: bool = False
+    # Per copy, seconds from the forward start: (copy start, copy end, block wanted it, block got it).
+    # Negative times: copies issued ahead during the previous forward. Drawn by the web view.
+    timeline: tuple[tuple[float, float, float, float], ...] = ()
+
+    @property
+    def copy_idle_s(self) -> float:
+        """Gaps between one copy's end and the next one's start inside this forward's copy window."""
+        spans = sorted((start, end) for start, end, _, _ in self.timeline)
+        return sum(max(0.0, nxt[0] - cur[1]) for cur, nxt in zip(spans, spans[1:]))
 
     @property
     def gbps(self) -> float | None:
@@ -95,7 +106,8 @@ class PromptStats:
             "gbps": self.gbps,
             "overlap": self.overlap,
             "misses": self.misses,
-            "per_forward": [dict(asdict(f), gbps=f.gbps, overlap=f.overlap) for f in self.forwards],
+            "per_forward": [dict(asdict(f), gbps=f.gbps, overlap=f.overlap, copy_idle_s=f.copy_idle_s)
+                            for f in self.forwards],
         }
 
     def console_line(self) -> str:
@@ -245,6 +257,10 @@ class Telemetry:
         seconds = self.timer.seconds
         copy_s = sum(seconds(c.start, c.end) for c in forward.copies)
         stall_s = sum(max(0.0, seconds(c.wanted, c.got)) for c in forward.copies)
+        timeline = tuple(
+            tuple(seconds(forward.start, mark) if mark is not None else float("nan") for mark in (c.start, c.end, c.wanted, c.got))
+            for c in forward.copies
+        )
         return ForwardStats(
             index=forward.index,
             forward_s=seconds(forward.start, forward.end),
@@ -254,6 +270,7 @@ class Telemetry:
             copies=len(forward.copies),
             misses=forward.misses,
             synchronous=self.timer.synchronous,
+            timeline=timeline,
         )
 
 

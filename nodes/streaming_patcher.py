@@ -17,6 +17,7 @@ how the model's weights reach the compute device and nothing else:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         patcher.model_options = base.model_options
         # The engine's root is the patcher's whole model, so its tensor names are ComfyUI's patch keys and
         # non-block parts (model_sampling buffers...) move to the compute device as in a full load.
+        if options.forward_root is None and isinstance(getattr(base.model, "diffusion_model", None), torch.nn.Module):
+            options = dataclasses.replace(options, forward_root="diffusion_model")  # one call = one forward
         patcher.distorch = StreamingState(plan=plan, engine=StreamingEngine(base.model, plan, options))
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
                                      functools.partial(_report_after_sampling, patcher.distorch))

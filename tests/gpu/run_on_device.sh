@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Everything the GPU machine runs, in one script, so a single call can batch several parts.
+#
+#   bash tests/gpu/run_on_device.sh [PART...]
+#
+# PARTs (run in the order given; default: tests bench):
+#   inventory  python/torch/GPU facts, which of ComfyUI's in-process packages are missing, host RAM/disk,
+#              and the pinned host->GPU bandwidth (bench/h2d_bandwidth.py)
+#   models     synthesize the full-size Flux.1-dev-shaped bf16 model into $MODELS_DIR (skipped when present;
+#              SYNTH_SET=full writes the whole "full" set with scripts/synth_models.py, SDXL included)
+#   tests      python -m pytest tests/gpu -q (the GPU tests skip themselves without CUDA)
+#   bench      models, then bench/bench_flux_stream.py (full size; BENCH_ARGS adds arguments)
+#   smoke      bench/bench_flux_stream.py --tiny on the GPU (tiny Flux, written on the fly): a quick
+#              end-to-end check of the harness and the engine on CUDA
+#   both       tests bench
+#   memkinds   bench/h2d_memory_kinds.py: GB/s of block-sized copies from each kind of page-locked memory
+#
+# Wheels: if .whl/ holds any (py3.12 manylinux wheels of packages the machine lacks), they are installed
+# with --no-deps into /tmp/site first and put on PYTHONPATH. Results: JSON lines and logs under $OUT
+# (the device tool's output folder) or ./.gpu/out when OUT is unset. Never asserts anything about speed.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+OUT="${OUT:-$ROOT/.gpu/out}"
+MODELS_DIR="${MODELS_DIR:-/tmp/models}"
+COMFY_ROOT="${COMFY_ROOT:-$ROOT/.host/comfyui}"
+TESTS_TIMEOUT="${TESTS_TIMEOUT:-300}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-420}"
+export PYTHONUNBUFFERED=1 MODELS_DIR COMFY_ROOT
+mkdir -p "$OUT"
+
+log() { echo "== run_on_device: $*" | tee -a "$OUT/setup.log"; }
+
+install_wheels() {
+  shopt -s nullglob
+  local wheels=(.whl/*.whl)
+  shopt -u nullglob
+  if [ ${#wheels[@]} -gt 0 ]; then
+    local t0=$SECONDS
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      "${wheels[@]}" >>"$OUT/setup.log" 2>&1 || { log "wheel install FAILED"; return 1; }
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    log "installed ${#wheels[@]} wheels into /tmp/site in $((SECONDS - t0)) s"
+  fi
+}
+
+part_inventory() {
+  log "inventory"
+  {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current \
+      --format=csv 2>&1
+    "$PY" -V
+    "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+    "$PY" - <<'EOF'
+import importlib, importlib.metadata as md
+names = ["numpy", "PIL:pillow", "safetensors", "psutil", "einops", "tqdm", "yaml:pyyaml", "scipy", "torchsde",
+         "trampoline", "transformers", "tokenizers", "av", "torchvision", "pytest", "pytest_timeout:pytest-timeout",
+         "hypothesis", "gguf", "aiohttp", "requests"]
+missing = []
+for n in names:
+    mod, _, dist = n.partition(":")
+    dist = dist or mod
+    try:
+        importlib.import_module(mod)
+        print(f"  ok      {dist} {md.version(dist)}")
+    except Exception as e:
+        missing.append(dist)
+        print(f"  MISSING {dist}: {type(e).__name__}: {e}")
+print("missing:", " ".join(missing) or "none")
+EOF
+    free -g; df -h /tmp | tail -1; nproc
+    "$PY" -c "import os; print('PYTORCH_CUDA_ALLOC_CONF', os.environ.get('PYTORCH_CUDA_ALLOC_CONF'))"
+  } 2>&1 | tee -a "$OUT/setup.log"
+  "$PY" bench/h2d_bandwidth.py 2>&1 | tee -a "$OUT/setup.log"
+}
+
+part_models() {
+  local t0=$SECONDS
+  if [ "${SYNTH_SET:-flux}" = "full" ]; then
+    "$PY" scripts/synth_models.py --models-dir "$MODELS_DIR" --set full --device cuda --comfy-root "$COMFY_ROOT" \
+      2>&1 | tee -a "$OUT/setup.log"
+  else
+    # Only the Flux.1-dev-shaped model (the benchmark's): the same generator and cache sidecar as
+    # `synth_models.py --set full`, without the 7 GB SDXL checkpoint the benchmark does not use.
+    "$PY" - "$MODELS_DIR" "$COMFY_ROOT" <<'EOF' 2>&1 | tee -a "$OUT/setup.log"
+import sys
+sys.path.insert(0, "scripts")
+import synth_models
+from synth.catalog import SETS
+from synth.comfy_env import import_comfy
+spec = next(s for s in SETS["full"] if s.name == "flux1_dev_full")
+if synth_models._cached(spec, synth_models.Path(sys.argv[1]) / spec.relpath) is None:
+    import_comfy(sys.argv[2])
+print(synth_models.ensure_one(spec, synth_models.Path(sys.argv[1]), "cuda").line())
+EOF
+  fi
+  local rc=$?
+  log "models rc=$rc in $((SECONDS - t0)) s"
+  return $rc
+}
+
+part_tests() {
+  local t0=$SECONDS
+  log "tests: pytest tests/gpu + tests/host/test_streaming.py on CUDA (timeout ${TESTS_TIMEOUT}s)"
+  # The in-process ComfyUI streaming tests pick ComfyUI's device, so here they run on CUDA with a pinned arena.
+  mkdir -p .host/base/custom_nodes && ln -sfn "$ROOT" .host/base/custom_nodes/comfyui-distorch
+  timeout "$TESTS_TIMEOUT" "$PY" -m pytest tests/gpu tests/host/test_streaming.py -q -p no:cacheprovider \
+    -W ignore::pytest.PytestConfigWarning 2>&1 | tee "$OUT/tests_gpu.log"
+  local rc=$?
+  log "tests rc=$rc in $((SECONDS - t0)) s"
+}
+
+part_bench() {
+  part_models || { log "no model, no benchmark"; return 1; }
+  local t0=$SECONDS
+  log "bench (timeout ${BENCH_TIMEOUT}s) args: ${BENCH_ARGS:-}"
+  # shellcheck disable=SC2086
+  timeout "$BENCH_TIMEOUT" "$PY" bench/bench_flux_stream.py --comfy-root "$COMFY_ROOT" \
+    --model "$MODELS_DIR/diffusion_models/distorch-flux1-dev-full.safetensors" --out "$OUT/bench.jsonl" \
+    ${BENCH_ARGS:-} 2>"$OUT/bench.log"
+  local rc=$?
+  log "bench rc=$rc in $((SECONDS - t0)) s"
+  tail -40 "$OUT/bench.log" | grep -E "ERROR|Error|error|Traceback" | head -20
+}
+
+part_smoke() {
+  local t0=$SECONDS
+  log "smoke: tiny Flux on the GPU"
+  "$PY" - "$MODELS_DIR" "$COMFY_ROOT" <<'EOF' 2>&1 | tee -a "$OUT/setup.log"
+import sys
+sys.path.insert(0, "scripts")
+import synth_models
+from synth.catalog import SETS
+from synth.comfy_env import import_comfy
+spec = next(s for s in SETS["tiny"] if s.name == "flux_tiny")
+if synth_models._cached(spec, synth_models.Path(sys.argv[1]) / spec.relpath) is None:
+    import_comfy(sys.argv[2])
+print(synth_models.ensure_one(spec, synth_models.Path(sys.argv[1]), "cuda").line())
+EOF
+  # shellcheck disable=SC2086
+  timeout 240 "$PY" bench/bench_flux_stream.py --tiny --comfy-root "$COMFY_ROOT" \
+    --model "$MODELS_DIR/diffusion_models/distorch-tiny-flux.safetensors" --out "$OUT/smoke.jsonl" \
+    ${SMOKE_ARGS:-} 2>"$OUT/smoke.log"
+  log "smoke rc=$? in $((SECONDS - t0)) s"
+}
+
+part_memkinds() {
+  log "memkinds: page-locked memory kinds at block size"
+  "$PY" bench/h2d_memory_kinds.py 2>&1 | tee "$OUT/memkinds.jsonl"
+}
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(tests bench)
+install_wheels || exit 1
+for part in "${parts[@]}"; do
+  case "$part" in
+    inventory) part_inventory ;;
+    models) part_models ;;
+    tests) part_tests ;;
+    bench) part_bench ;;
+    smoke) part_smoke ;;
+    memkinds) part_memkinds ;;
+    both) part_tests; part_bench ;;
+    *) echo "unknown part: $part (inventory models tests bench smoke memkinds both)" >&2; exit 2 ;;
+  esac
+done
+log "done: $(ls "$OUT" | tr '\n' ' ')"
