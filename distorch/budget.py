@@ -24,6 +24,8 @@ class StreamRequest:
     expert_allocation: str = ""
     ring_slots: int = 2
     keep_head_blocks: int = 1
+    # VRAM a batched cond+uncond forward needs beside the weights; the compute device keeps it free.
+    activation_reserve_bytes: int = 0
 
 
 def compute_shares(request: StreamRequest, model_bytes: int, device_total: Callable[[str], int],
@@ -69,9 +71,13 @@ def plan_request(
     """Resolve a request against real device sizes and plan the placement."""
     model_bytes = other_bytes + sum(n for _, n in blocks)
     compute, budget, shares = compute_shares(request, model_bytes, device_total, available)
+    # The weights may use the compute device's share, but never the memory the activations need: the plan's
+    # footprint (resident + ring) stays within min(share, device total - reserve).
+    reserve = request.activation_reserve_bytes if compute != "cpu" else 0
+    budget = min(budget + reserve, device_total(compute))
     return plan_placement(
         blocks, other_bytes, compute, budget, store_budgets(shares),
-        ring_slots=request.ring_slots, keep_head_blocks=request.keep_head_blocks,
+        ring_slots=request.ring_slots, keep_head_blocks=request.keep_head_blocks, activation_reserve_bytes=reserve,
     )
 
 

@@ -7,6 +7,7 @@ Each node keeps the core loader's inputs (derived at import, so new core inputs 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -78,8 +79,21 @@ def plan_for_module(root: torch.nn.Module, request: StreamRequest) -> PlacementP
     return plan_request(request, layout.block_sizes, layout.other_bytes, device_total_memory)
 
 
+def activation_reserve(model: Any) -> int:
+    """VRAM ComfyUI needs free to run cond and uncond as ONE batched forward (its test in calc_cond_batch:
+    memory_required * 1.5 < free), estimated at 1024x1024, batch 2; 0 for models without the estimate."""
+    memory_required = getattr(model, "memory_required", None)
+    latent_format = getattr(model, "latent_format", None)
+    if memory_required is None or latent_format is None:
+        return 0
+    channels = getattr(latent_format, "latent_channels", 4)
+    return int(memory_required([2, channels, 128, 128]) * 1.5)
+
+
 def make_streaming(patcher: Any, request: StreamRequest) -> StreamingModelPatcher:
     """Wrap a freshly loaded ModelPatcher so its model streams by the requested plan."""
+    if not request.activation_reserve_bytes:
+        request = dataclasses.replace(request, activation_reserve_bytes=activation_reserve(patcher.model))
     plan = plan_for_module(patcher.model, request)
     log.info("[DisTorch] %s: compute on %s\n%s", type(patcher.model).__name__, request.compute_device, plan.table())
     return StreamingModelPatcher.wrap(patcher, plan, EngineOptions(ring_slots=request.ring_slots),
