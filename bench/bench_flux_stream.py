@@ -610,7 +610,10 @@ def run(opts: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             base_patcher = b.load_base()
             if chosen["source"] == "make_streaming":
-                holder["patcher"] = dl.make_streaming(base_patcher, req)
+                from comfyui_distorch.distorch.engine import EngineOptions
+
+                options = EngineOptions(ring_slots=req.ring_slots, split_host_copies=not opts.single_copy_stream)
+                holder["patcher"] = dl.make_streaming(base_patcher, req, options)
             else:
                 from comfyui_distorch.distorch.engine import EngineOptions
                 from comfyui_distorch.nodes.streaming_patcher import StreamingModelPatcher
@@ -718,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream-d-gb", type=float, default=22.0, help="target streamed GB of case (d)")
     ap.add_argument("--assume-w-gbps", type=float, default=None, help="W when case b is not run")
     ap.add_argument("--ring-slots", type=int, default=2, help="staging slots of the DisTorch cases")
+    ap.add_argument("--single-copy-stream", action="store_true",
+                    help="copy each host block on one stream instead of two halves on two streams")
     ap.add_argument("--keep-head-blocks", type=int, default=1, help="leading blocks the DisTorch plans keep resident")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON lines here too")
     ap.add_argument("--tiny", action="store_true",

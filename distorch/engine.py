@@ -35,6 +35,7 @@ class EngineOptions:
     host_pin_cap_bytes: int | None = None  # cap on host bytes pinned by ALL live engines together
     telemetry: bool = True
     forward_root: str | None = None  # module path (relative to root) whose forward is one model forward
+    split_host_copies: bool = True  # each host block as two halves on two copy streams (see streamer)
 
 
 def _tensor_at(root: nn.Module, name: str) -> torch.Tensor:
@@ -182,7 +183,7 @@ class StreamingEngine:
             log.warning("ring of %d slots exceeds the plan's %d: the device footprint exceeds the plan", slots, self.plan.ring_slots)
         self._ring = StagingRing(device, slots, max(layout.nbytes for layout in self._layouts.values()))
         self._ensure_telemetry(device)
-        backend = make_backend(device, self._arenas.keys(), slots)
+        backend = make_backend(device, self._arenas.keys(), slots, self.options.split_host_copies)
         self._streamer = BlockStreamer(self._streamed_blocks(), self._ring, backend, self.telemetry)
         root = self.root.get_submodule(self.options.forward_root) if self.options.forward_root else None
         self._streamer.attach(root)

@@ -90,14 +90,15 @@ def activation_reserve(model: Any) -> int:
     return int(memory_required([2, channels, 128, 128]) * 1.5)
 
 
-def make_streaming(patcher: Any, request: StreamRequest) -> StreamingModelPatcher:
-    """Wrap a freshly loaded ModelPatcher so its model streams by the requested plan."""
+def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions | None = None) -> StreamingModelPatcher:
+    """Wrap a freshly loaded ModelPatcher so its model streams by the requested plan (engine options: the
+    defaults with the request's ring, unless given)."""
     if not request.activation_reserve_bytes:
         request = dataclasses.replace(request, activation_reserve_bytes=activation_reserve(patcher.model))
     plan = plan_for_module(patcher.model, request)
     log.info("[DisTorch] %s: compute on %s\n%s", type(patcher.model).__name__, request.compute_device, plan.table())
-    return StreamingModelPatcher.wrap(patcher, plan, EngineOptions(ring_slots=request.ring_slots),
-                                      torch.device(request.compute_device))
+    options = options or EngineOptions(ring_slots=request.ring_slots)
+    return StreamingModelPatcher.wrap(patcher, plan, options, torch.device(request.compute_device))
 
 
 def _stream_output(outputs: tuple, index: int, kind: str, request: StreamRequest) -> tuple:

@@ -1,4 +1,6 @@
 """Streaming on a real GPU: bit-exact, no host sync in the steady state, really pinned, no leaks."""
+import gc
+
 import pytest
 import torch
 
@@ -30,10 +32,11 @@ def run(model, xs):
         return [model(x.to(DEVICE)) for x in xs]
 
 
+@pytest.mark.parametrize("split", [True, False], ids=["two_copy_streams", "one_copy_stream"])
 @pytest.mark.parametrize("count,slots,head", [(1, 1, 1), (5, 2, 1), (5, 3, 1), (9, 3, 1), (10, 3, 0), (4, 3, 1)])
-def test_streamed_outputs_equal_resident_outputs_on_cuda(count, slots, head):
+def test_streamed_outputs_equal_resident_outputs_on_cuda(count, slots, head, split):
     xs = inputs(torch.bfloat16, count=5)
-    model, engine = streaming(count, slots, head)
+    model, engine = streaming(count, slots, head, split_host_copies=split)
     outputs = run(model, xs)
     assert all(torch.equal(a, b) for a, b in zip(outputs, resident_outputs(xs)))
     assert engine.misses == 0
@@ -74,14 +77,16 @@ def test_twenty_load_unload_cycles_return_device_memory_to_baseline():
     xs = inputs(torch.bfloat16, count=2)
     model = make_model(torch.bfloat16)
     engine = StreamingEngine(model, plan_streaming(model, 5), EngineOptions())
+    gc.collect()  # tensors that earlier tests left to the collector must not count against this one
     torch.cuda.synchronize()
     baseline = torch.cuda.memory_allocated(DEVICE)
     for _ in range(20):
         engine.load(DEVICE)
         run(model, xs)
         engine.unload("cpu")
+    gc.collect()
     torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated(DEVICE) == baseline
+    assert torch.cuda.memory_allocated(DEVICE) <= baseline
 
 
 def test_telemetry_measures_copies_and_overlap_on_cuda():
