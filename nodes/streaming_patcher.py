@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
+
 import torch
 
 import comfy.model_management
@@ -206,7 +207,6 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
             for key in list(self.backup.keys()):
                 self._restore_backup(key, streamed)
         state.applied.clear()
-
 
 
 def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):

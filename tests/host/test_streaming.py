@@ -203,3 +203,15 @@ def test_twenty_load_unload_cycles_leave_no_hooks_and_results_unchanged(comfy_no
         assert not patcher.distorch.engine.is_loaded
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in patcher.model.modules())
     assert torch.equal(_flux_sample(comfy_nodes, patcher), flux_reference)
+
+
+def test_a_streamed_text_encoder_gives_the_resident_conditioning_bitwise(comfy_nodes, device) -> None:
+    inputs = {"clip_name": "distorch-clip-l.safetensors", "type": "stable_diffusion"}
+    (resident_clip,) = _node(comfy_nodes, "CLIPLoader", **inputs)
+    (streamed_clip,) = _node(comfy_nodes, "DisTorchCLIPLoader", compute_device=str(device), virtual_vram_gb=0.1,
+                             donor_device="cpu", expert_allocation="", **inputs)
+    assert len(streamed_clip.patcher.distorch.plan.streamed) >= 3
+    ((expected, extra),) = _node(comfy_nodes, "CLIPTextEncode", clip=resident_clip, text="a lighthouse at dusk")[0]
+    ((actual, actual_extra),) = _node(comfy_nodes, "CLIPTextEncode", clip=streamed_clip, text="a lighthouse at dusk")[0]
+    assert torch.equal(actual, expected) and torch.equal(actual_extra["pooled_output"], extra["pooled_output"])
+    assert streamed_clip.patcher.distorch.engine.misses == 0
