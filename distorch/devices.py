@@ -98,3 +98,11 @@ def device_total_memory(name: str) -> int:
     if kind in ("cpu", "mps"):
         return int(psutil.virtual_memory().total)
     raise DeviceError(f"cannot tell the memory size of device {device!r}", device=device)
+
+
+PIN_FRACTION = 0.8  # page-locked memory cannot be swapped: leave the OS and other programs a fifth of RAM
+
+
+def default_pin_cap() -> int:
+    """Host bytes all streaming engines together may page-lock: 80% of physical RAM."""
+    return int(psutil.virtual_memory().total * PIN_FRACTION)

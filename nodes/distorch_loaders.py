@@ -16,7 +16,7 @@ import torch
 from ..distorch.allocation import parse_allocation
 from ..distorch.budget import StreamRequest, plan_request
 from ..distorch.errors import AllocationError
-from ..distorch.devices import available_devices, device_total_memory
+from ..distorch.devices import available_devices, default_pin_cap, device_total_memory
 from ..distorch.engine import EngineOptions
 from ..distorch.layout import layout_model
 from ..distorch.planner import PlacementPlan
@@ -97,7 +97,7 @@ def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions 
         request = dataclasses.replace(request, activation_reserve_bytes=activation_reserve(patcher.model))
     plan = plan_for_module(patcher.model, request)
     log.info("[DisTorch] %s: compute on %s\n%s", type(patcher.model).__name__, request.compute_device, plan.table())
-    options = options or EngineOptions(ring_slots=request.ring_slots)
+    options = options or EngineOptions(ring_slots=request.ring_slots, host_pin_cap_bytes=default_pin_cap())
     return StreamingModelPatcher.wrap(patcher, plan, options, torch.device(request.compute_device))
 
 

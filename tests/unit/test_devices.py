@@ -114,3 +114,11 @@ def test_total_memory_of_absent_device_is_a_device_error(monkeypatch):
 def test_real_cuda_device_is_listed_with_its_memory():
     assert "cuda:0" in available_devices()
     assert device_total_memory("cuda:0") == torch.cuda.get_device_properties(0).total_memory
+
+
+def test_the_default_pin_cap_leaves_a_fifth_of_host_ram_unpinned():
+    import psutil
+
+    from distorch.devices import default_pin_cap
+
+    assert default_pin_cap() == int(psutil.virtual_memory().total * 0.8)
