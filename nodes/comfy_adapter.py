@@ -125,7 +125,8 @@ def memory_path() -> str:
     return f"comfy.memory_management present (dynamic VRAM enabled: {enabled})"
 
 
-def _is_dynamic(patcher: Any) -> bool:
+def is_dynamic_patcher(patcher: Any) -> bool:
+    """True for newer ComfyUI's ModelPatcherDynamic (Dynamic VRAM), which manages weight residency itself."""
     try:
         dynamic = importlib.import_module("comfy.model_patcher").ModelPatcherDynamic
     except (ImportError, AttributeError):
@@ -155,7 +156,7 @@ def _stray_device(module: Any, device: torch.device) -> torch.device | None:
 
 def retarget_patcher(patcher: Any, device: torch.device) -> None:
     """Make ``patcher`` load onto ``device``; on ``cpu`` it also offloads to ``cpu``."""
-    if _is_dynamic(patcher):
+    if is_dynamic_patcher(patcher):
         log.warning("distorch: %s is a ModelPatcherDynamic; placing it on %s is not verified on this "
                     "memory path (%s)", type(patcher.model).__name__, device, memory_path())
     _unload_if_loaded(patcher)

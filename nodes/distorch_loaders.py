@@ -93,6 +93,11 @@ def activation_reserve(model: Any) -> int:
 def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions | None = None) -> StreamingModelPatcher:
     """Wrap a freshly loaded ModelPatcher so its model streams by the requested plan (engine options: the
     defaults with the request's ring, unless given)."""
+    if comfy_adapter.is_dynamic_patcher(patcher):
+        log.warning("[DisTorch] %s came with ComfyUI's Dynamic VRAM patcher (%s); DisTorch streaming replaces it "
+                    "with its own classic ModelPatcher subclass, so Dynamic VRAM does not manage this model. "
+                    "Verified on ComfyUI's classic memory path only.", type(patcher.model).__name__,
+                    comfy_adapter.memory_path())
     if not request.activation_reserve_bytes:
         request = dataclasses.replace(request, activation_reserve_bytes=activation_reserve(patcher.model))
     plan = plan_for_module(patcher.model, request)
