@@ -5,13 +5,14 @@ other device listed becomes a store for streamed blocks (pinned host RAM for `cp
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from .allocation import Allocation, parse_allocation, virtual_vram_bytes
 from .devices import canonical_device, require_device
 from .errors import AllocationError
 from .planner import PlacementPlan, StoreBudget, plan_placement
+from .topology import Topology
 
 
 @dataclass(frozen=True)
@@ -61,24 +62,46 @@ def store_budgets(shares: Sequence[tuple[str, int]]) -> list[StoreBudget]:
     return [StoreBudget(device, None if i == last else n, None) for i, (device, n) in enumerate(shares)]
 
 
+def apply_topology(stores: Sequence[StoreBudget], topology: Topology | None) -> list[StoreBudget]:
+    """Each store with the measured rate of its path, its bottleneck group and the group's rate when the
+    plan's stores use it together. Stores the topology does not know (not probed) keep unknown rates."""
+    if topology is None:
+        return list(stores)
+    used = [s.device for s in stores]
+    result = []
+    for store in stores:
+        link = topology.links.get(store.device)
+        if link is None:
+            result.append(store)
+            continue
+        result.append(replace(store, bandwidth_gbps=link.gbps, group=link.group,
+                              group_gbps=topology.group_rate(link.group, used)))
+    return result
+
+
 def plan_request(
     request: StreamRequest,
     blocks: Sequence[tuple[str, int]],
     other_bytes: int,
     device_total: Callable[[str], int],
     available: Sequence[str] | None = None,
+    topology: Topology | None = None,
 ) -> PlacementPlan:
-    """Resolve a request against real device sizes and plan the placement."""
+    """Resolve a request against real device sizes and plan the placement. With a ``topology`` (probed for the
+    compute device, distorch.topology.probe_topology) streamed bytes are split across independent paths in
+    proportion to their bandwidth and the table shows the expected transfer per forward."""
     model_bytes = other_bytes + sum(n for _, n in blocks)
     compute, budget, shares = compute_shares(request, model_bytes, device_total, available)
+    if topology is not None and topology.compute != compute:
+        raise ValueError(f"topology was probed for {topology.compute}, but the compute device is {compute}")
     # The weights may use the compute device's share, but never the memory the activations need: the plan's
     # footprint (resident + ring) stays within min(share, device total - reserve).
     reserve = request.activation_reserve_bytes if compute != "cpu" else 0
     budget = min(budget + reserve, device_total(compute))
     return plan_placement(
-        blocks, other_bytes, compute, budget, store_budgets(shares),
+        blocks, other_bytes, compute, budget, apply_topology(store_budgets(shares), topology),
         ring_slots=request.ring_slots, keep_head_blocks=request.keep_head_blocks, activation_reserve_bytes=reserve,
     )
 
 
-__all__ = ["StreamRequest", "compute_shares", "plan_request", "store_budgets"]
+__all__ = ["StreamRequest", "apply_topology", "compute_shares", "plan_request", "store_budgets"]

@@ -36,6 +36,9 @@ class EngineOptions:
     telemetry: bool = True
     forward_root: str | None = None  # module path (relative to root) whose forward is one model forward
     split_host_copies: bool = True  # each host block as two halves on two copy streams (see streamer)
+    # Donor GPU stores: None = peer-to-peer when torch.cuda.can_device_access_peer says so, else bounce through
+    # pinned host buffers (distorch.donor says why and logs which); "bounce" forces the fallback (tests, bench).
+    donor_route: str | None = None
 
 
 def _tensor_at(root: nn.Module, name: str) -> torch.Tensor:
@@ -117,6 +120,7 @@ class StreamingEngine:
             return
         if self._streamer is not None:
             self._streamer.detach()  # also waits for in-flight copies: the ring and pins can go
+            self._streamer.backend.release()
             self._streamer = None
         if self._ring is not None:
             self._ring.release()
@@ -183,7 +187,8 @@ class StreamingEngine:
             log.warning("ring of %d slots exceeds the plan's %d: the device footprint exceeds the plan", slots, self.plan.ring_slots)
         self._ring = StagingRing(device, slots, max(layout.nbytes for layout in self._layouts.values()))
         self._ensure_telemetry(device)
-        backend = make_backend(device, self._arenas.keys(), slots, self.options.split_host_copies)
+        backend = make_backend(device, self._arenas.keys(), slots, self.options.split_host_copies,
+                               self._ring.slot_bytes, self.options.donor_route)
         self._streamer = BlockStreamer(self._streamed_blocks(), self._ring, backend, self.telemetry)
         root = self.root.get_submodule(self.options.forward_root) if self.options.forward_root else None
         self._streamer.attach(root)

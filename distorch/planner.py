@@ -6,6 +6,9 @@ with the streamed blocks bunched at the tail, nothing moves while the head compu
 streams the FEWEST blocks that fit the budget, picks them evenly spaced in execution order (by block
 index, whatever their sizes, so the gap between two streamed blocks never differs by more than one
 block), and interleaves stores along the order in proportion to bandwidth so several links stay busy.
+Bandwidth is counted per path *group* (the bottleneck a path goes through, see distorch.topology): streamed
+bytes split across independent groups in proportion to their rates; stores sharing a group split its bytes
+but never add to its rate. The expected transfer per forward is the slowest group's bytes / rate.
 """
 from __future__ import annotations
 
@@ -23,7 +26,15 @@ class StoreBudget:
 
     device: str
     capacity_bytes: int | None = None
-    bandwidth_gbps: float | None = None  # to the compute device; None = not measured
+    bandwidth_gbps: float | None = None  # to the compute device, this path alone; None = not measured
+    # The bottleneck the path goes through (distorch.topology): stores of one group share its bandwidth, and
+    # ``group_gbps`` is the group's rate when they are used together. None: the store is a group of its own.
+    group: str | None = None
+    group_gbps: float | None = None
+
+    @property
+    def path_group(self) -> str:
+        return self.group or f"store:{self.device}"
 
 
 @dataclass(frozen=True)
@@ -69,32 +80,83 @@ class PlacementPlan:
             held[store] = held.get(store, 0) + nbytes
         return held
 
+    def group_bytes(self) -> dict[str, int]:
+        """Streamed bytes per bottleneck group."""
+        group = {st.device: st.path_group for st in self.stores}
+        held: dict[str, int] = {}
+        for store, nbytes in self.bytes_by_store().items():
+            g = group.get(store, f"store:{store}")
+            held[g] = held.get(g, 0) + nbytes
+        return held
+
     def transfer_seconds(self) -> dict[str, float]:
-        """Expected per-forward transfer time per store whose bandwidth is known."""
-        bandwidth = {s.device: s.bandwidth_gbps for s in self.stores if s.bandwidth_gbps}
+        """Per store whose group's rate is known: its bytes at the group's rate (the stores of one group add up)."""
+        rates = group_rates(self.stores)
         held = self.bytes_by_store()
-        return {dev: held[dev] / (bandwidth[dev] * GB) for dev in bandwidth if dev in held}
+        return {s.device: held[s.device] / (rates[s.path_group] * GB)
+                for s in self.stores if s.device in held and rates.get(s.path_group)}
+
+    def group_seconds(self) -> dict[str, float]:
+        """Per group: its bytes at its rate, and never less than any one store's bytes at that path's own rate."""
+        rates = group_rates(self.stores)
+        held = self.bytes_by_store()
+        seconds: dict[str, float] = {}
+        for group, nbytes in self.group_bytes().items():
+            if not rates.get(group):
+                continue
+            alone = [held.get(s.device, 0) / (s.bandwidth_gbps * GB)
+                     for s in self.stores if s.path_group == group and s.bandwidth_gbps]
+            seconds[group] = max([nbytes / (rates[group] * GB), *alone])
+        return seconds
+
+    def expected_transfer_seconds(self) -> float | None:
+        """Per-forward transfer time when every store is in a known group with a known rate: the slowest group
+        (independent groups copy at the same time); None when some rate is unknown."""
+        groups = self.group_bytes()
+        seconds = self.group_seconds()
+        if not groups or any(g not in seconds for g in groups):
+            return None
+        return max(seconds.values())
 
     def table(self) -> str:
-        """An aligned text table: device | role | blocks | bytes, with totals and transfer time."""
+        """An aligned text table: device | role | blocks | bytes | path | transfer, then one line per shared
+        path group and the expected transfer time per forward."""
         counts: dict[str, int] = {}
         for _, store in self.streamed:
             counts[store] = counts.get(store, 0) + 1
         held = self.bytes_by_store()
         seconds = self.transfer_seconds()
-        rows = [("device", "role", "blocks", "bytes", "transfer/forward")]
+        group_of = {s.device: s.path_group for s in self.stores}
+        grouped = all(s.group for s in self.stores if s.device in counts)
+        rows = [("device", "role", "blocks", "bytes", "path", "transfer/forward")]
         ring = f" + ring {self.ring_slots}x{_gb(self.slot_bytes)}" if self.ring_slots else ""
-        rows.append((self.compute_device, "compute" + ring, str(len(self.resident)), _gb(self.device_footprint_bytes), ""))
+        rows.append((self.compute_device, "compute" + ring, str(len(self.resident)), _gb(self.device_footprint_bytes), "", ""))
         for store, count in counts.items():
             time = f"{seconds[store] * 1000:.0f} ms" if store in seconds else "?"
-            rows.append((store, "store", str(count), _gb(held[store]), time))
+            path = group_of.get(store, "") if grouped else ""
+            rows.append((store, "store", str(count), _gb(held[store]), path, time))
         total_blocks = str(len(self.resident) + len(self.streamed))
-        rows.append(("total", "", total_blocks, _gb(self.resident_bytes + self.streamed_bytes), ""))
+        rows.append(("total", "", total_blocks, _gb(self.resident_bytes + self.streamed_bytes), "", ""))
+        if not grouped:  # without a probed topology there is no path to show
+            rows = [row[:4] + row[5:] for row in rows]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        if seconds:
-            # Host and PCIe-peer copies share the compute GPU's x16 link; only NVLink adds bandwidth.
+        if grouped:
+            rates, group_secs = group_rates(self.stores), self.group_seconds()
+            for group, nbytes in self.group_bytes().items():
+                members = [d for d in counts if group_of.get(d) == group]
+                if len(members) > 1 and group in group_secs:
+                    lines.append(f"path {group} is shared by {' + '.join(members)}: {_gb(nbytes)} at "
+                                 f"{rates[group]:.1f} GB/s = {group_secs[group] * 1000:.0f} ms")
+            expected = self.expected_transfer_seconds()
+            if expected is not None:
+                independent = len(self.group_bytes())
+                lines.append(f"expected transfer per forward: {expected * 1000:.0f} ms (slowest of {independent} "
+                             f"independent path(s); a step takes at least max(compute, this))")
+        elif seconds:
+            # Without a probed topology it is unknown whether the stores' links are independent (NVLink) or
+            # share the compute GPU's x16 link (host and PCIe peer copies): show both bounds.
             lines.append(
                 f"expected transfer per forward: {max(seconds.values()) * 1000:.0f} ms on independent links, "
                 f"{sum(seconds.values()) * 1000:.0f} ms on one shared link"
@@ -176,18 +238,44 @@ def plan_placement(
     )
 
 
+def group_rates(stores: Sequence[StoreBudget]) -> dict[str, float | None]:
+    """Each path group's bandwidth: the measured rate of the group used together (``group_gbps``), else its
+    fastest single path, else None (unknown). Paths inside one group are never summed."""
+    rates: dict[str, float | None] = {}
+    for group in dict.fromkeys(s.path_group for s in stores):
+        members = [s for s in stores if s.path_group == group]
+        together = [s.group_gbps for s in members if s.group_gbps]
+        alone = [s.bandwidth_gbps for s in members if s.bandwidth_gbps]
+        rates[group] = max(together) if together else max(alone) if alone else None
+    return rates
+
+
 def assign_stores(streamed: Sequence[tuple[str, int]], stores: Sequence[StoreBudget]) -> list[str]:
     """A store per streamed block, in execution order, respecting capacities.
 
-    Each block goes to the store with room that would have the smallest ``bytes / bandwidth`` after
-    taking it: stores fill in proportion to bandwidth AND alternate along the execution order, so
-    consecutive streamed blocks come over different links at the same time. Unknown bandwidths
-    count as equal.
+    Two levels. Each block goes to the path group with room whose ``bytes / rate`` after taking it is smallest:
+    streamed bytes split across independent groups in proportion to their bandwidth, and groups alternate
+    along the execution order so they copy at the same time. Inside the group, the same rule over the stores'
+    own rates: a shared group's bandwidth is not summed, its stores only split the group's bytes (adding
+    capacity). When any rate is unknown, every group (or store) counts as equal. Without groups each store is
+    its own group: the single-level interleave by bandwidth.
     """
     if streamed and not stores:
         raise BudgetError(f"{len(streamed)} block(s) must stream but no store was given")
-    weights = [s.bandwidth_gbps or 1.0 for s in stores]
+    rates = group_rates(stores)
+    known = all(rates.values())
+    group_weight = {g: (r if known else 1.0) for g, r in rates.items()}
+    members: dict[str, list[int]] = {}
+    for i, s in enumerate(stores):
+        members.setdefault(s.path_group, []).append(i)
+    store_weight = [1.0] * len(stores)
+    for indices in members.values():
+        if all(stores[i].bandwidth_gbps for i in indices):
+            for i in indices:
+                store_weight[i] = stores[i].bandwidth_gbps
+    order = {g: n for n, g in enumerate(members)}
     assigned = [0] * len(stores)
+    in_group = dict.fromkeys(members, 0)
     result = []
     for name, nbytes in streamed:
         room = [i for i, s in enumerate(stores) if s.capacity_bytes is None or assigned[i] + nbytes <= s.capacity_bytes]
@@ -197,7 +285,11 @@ def assign_stores(streamed: Sequence[tuple[str, int]], stores: Sequence[StoreBud
                 f"no store can hold block {name!r} ({nbytes} bytes); "
                 f"room left per store: {free}; streamed total {sum(n for _, n in streamed)} bytes"
             )
-        best = min(room, key=lambda i: ((assigned[i] + nbytes) / weights[i], i))
+        groups = {stores[i].path_group for i in room}
+        group = min(groups, key=lambda g: ((in_group[g] + nbytes) / group_weight[g], order[g]))
+        best = min((i for i in room if stores[i].path_group == group),
+                   key=lambda i: ((assigned[i] + nbytes) / store_weight[i], i))
         assigned[best] += nbytes
+        in_group[group] += nbytes
         result.append(stores[best].device)
     return result

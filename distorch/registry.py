@@ -1,4 +1,4 @@
-"""The one global mutable object of the project: live streaming engines and cached bandwidth probes.
+"""The one global mutable object of the project: live streaming engines and cached bandwidth/topology probes.
 
 Engines are held by weak reference, so registering one never keeps a model alive.
 """
@@ -18,6 +18,7 @@ class Registry:
         self._lock = threading.Lock()
         self._engines: weakref.WeakSet[Any] = weakref.WeakSet()
         self.bandwidth_gbps: dict[str, float] = {}  # probe key -> measured GB/s
+        self.topologies: dict[tuple[str, str], Any] = {}  # (machine, compute<-stores) -> probed Topology
         self._prompt_stats: deque[dict[str, Any]] = deque(maxlen=RECENT_PROMPTS)
 
     def add_engine(self, engine: Any) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from .donor import BOUNCE, PinnedBounce, choose_route, copy_via_host, peer_available, route_message
 from .layout import BlockLayout
 from .staging import StagingRing
 from .telemetry import NullTelemetry, Telemetry
@@ -73,12 +74,16 @@ class SyncCopyBackend:
     def drain(self) -> None:
         pass
 
+    def release(self) -> None:
+        pass
+
 
 @dataclass
 class _CopyPath:
     stream: torch.cuda.Stream  # on the source device for peer copies, else on the compute device
     landing: torch.cuda.Stream | None  # peer copies only: compute-device stream that receives them
     helper: torch.cuda.Stream | None = None  # host copies: a second stream carrying the block's second half
+    bounce: PinnedBounce | None = None  # donors without peer access: copies go through these pinned buffers
 
 
 class CudaCopyBackend:
@@ -89,14 +94,20 @@ class CudaCopyBackend:
     H100 (bench/h2d_memory_kinds.py), i.e. the link, not the copy engine, is the limit again."""
 
     def __init__(self, compute_device: torch.device, sources: Iterable[torch.device], slots: int,
-                 split_host_copies: bool = True) -> None:
+                 split_host_copies: bool = True, slot_bytes: int = 0, donor_route: str | None = None) -> None:
         self.compute_device = compute_device
         self.paths: dict[torch.device, _CopyPath] = {}
         for source in sources:
             if source.type == "cuda" and source != compute_device:
                 # torch's peer copy makes both devices' CURRENT streams wait: give it side streams on
-                # both ends so the copy neither waits for nor blocks the compute stream.
-                self.paths[source] = _CopyPath(torch.cuda.Stream(source), torch.cuda.Stream(compute_device))
+                # both ends so the copy neither waits for nor blocks the compute stream or the donor's default stream.
+                path = _CopyPath(torch.cuda.Stream(source), torch.cuda.Stream(compute_device))
+                peer = peer_available(compute_device, source)
+                route = choose_route(peer, donor_route)
+                if route == BOUNCE:
+                    path.bounce = PinnedBounce(slots, slot_bytes)
+                log.info(route_message(str(compute_device), str(source), route, peer))
+                self.paths[source] = path
             else:
                 helper = torch.cuda.Stream(compute_device) if split_host_copies else None
                 self.paths[source] = _CopyPath(torch.cuda.Stream(compute_device), None, helper)
@@ -109,16 +120,22 @@ class CudaCopyBackend:
 
     def copy(self, seq: int, slot: int, dst: torch.Tensor, src: torch.Tensor, telemetry: Telemetry) -> None:
         path = self.paths[src.device]
+        # Telemetry marks go on a compute-device stream (the landing stream for donors): timing events of
+        # two devices cannot be compared, and the telemetry compares copies with compute.
         landing = path.landing or path.stream
-        with torch.cuda.stream(landing), torch.cuda.stream(path.stream):
-            path.stream.wait_event(self.free[slot])  # no-op until the slot's first user recorded it
-            telemetry.copy_started(seq, src.numel(), path.stream)
-            if path.helper is None:
-                dst.copy_(src, non_blocking=True)
-            else:
-                self._copy_in_halves(path, slot, dst, src)
-            telemetry.copy_finished(seq, path.stream)
-            self.ready[slot].record(landing)
+        landing.wait_event(self.free[slot])  # no-op until the slot's first user recorded it
+        telemetry.copy_started(seq, src.numel(), landing)
+        if path.bounce is not None:
+            copy_via_host(path.bounce, slot, dst, src, path.stream, landing, self.free[slot])
+        else:
+            with torch.cuda.stream(landing), torch.cuda.stream(path.stream):
+                path.stream.wait_event(self.free[slot])
+                if path.helper is None:
+                    dst.copy_(src, non_blocking=True)
+                else:
+                    self._copy_in_halves(path, slot, dst, src)
+        telemetry.copy_finished(seq, landing)
+        self.ready[slot].record(landing)
 
     def _copy_in_halves(self, path: _CopyPath, slot: int, dst: torch.Tensor, src: torch.Tensor) -> None:
         half = -(-src.numel() // 2 // 256) * 256  # 256-aligned split point
@@ -151,12 +168,18 @@ class CudaCopyBackend:
         for stream in self._all_streams():
             stream.synchronize()
 
+    def release(self) -> None:
+        """Unpin the donor bounce buffers (after :meth:`drain`)."""
+        for path in self.paths.values():
+            if path.bounce is not None:
+                path.bounce.release()
+
 
 def make_backend(compute_device: torch.device, sources: Iterable[torch.device], slots: int,
-                 split_host_copies: bool = True):
+                 split_host_copies: bool = True, slot_bytes: int = 0, donor_route: str | None = None):
     """The CUDA backend when computing on a GPU, else the synchronous one."""
     if compute_device.type == "cuda":
-        return CudaCopyBackend(compute_device, sources, slots, split_host_copies)
+        return CudaCopyBackend(compute_device, sources, slots, split_host_copies, slot_bytes, donor_route)
     return SyncCopyBackend()
 
 
