@@ -43,7 +43,7 @@ def streaming_inputs() -> dict[str, tuple]:
     return {
         "compute_device": (devices, {"default": compute_default,
                                      "tooltip": "GPU that runs the model; streamed weights are copied here"}),
-        "virtual_vram_gb": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 1024.0, "step": 0.1,
+        "virtual_vram_gb": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 1024.0, "step": 0.01, "round": 0.001,
                                       "tooltip": "GB (1e9 bytes) of weights kept off the compute device"}),
         "donor_device": (devices, {"default": "cpu",
                                    "tooltip": "where the off-device weights live: cpu = pinned RAM, or a GPU"}),

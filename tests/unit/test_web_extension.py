@@ -52,7 +52,8 @@ def report(tmp_path_factory) -> dict:
 
 
 def texts(drawing: dict) -> str:
-    return "\n".join(t["text"] for t in drawing["texts"])
+    """The drawn text as one string: the extension wraps long labels at word boundaries, never squeezes them."""
+    return " ".join(t["text"] for t in drawing["texts"])
 
 
 def test_a_new_node_asks_for_a_preview_of_its_model_and_inputs(report):
@@ -66,8 +67,9 @@ def test_a_new_node_asks_for_a_preview_of_its_model_and_inputs(report):
 def test_the_preview_draws_one_labelled_bar_per_device(report):
     drawn = texts(report["first"]["drawing"])
     assert "DisTorch plan: 2.00 GB, 2 blocks" in drawn
-    assert "cuda:0: compute 1.20 GB (1 blocks) + ring 0.30 GB of 24.00 GB" in drawn
-    assert "cpu: streams 0.80 GB (1 blocks) of 64.00 GB" in drawn
+    # sizes below 1 GB in MB, as in the console plan table
+    assert "cuda:0: compute 1.20 GB (1 block) + ring 300.00 MB of 24.00 GB" in drawn
+    assert "cpu: streams 800.00 MB (1 block) of 64.00 GB" in drawn
     assert report["first"]["drawing"]["height"] > 0
 
 
