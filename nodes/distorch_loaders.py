@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 from ..distorch.allocation import parse_allocation
-from ..distorch.budget import StreamRequest, plan_request
+from ..distorch.budget import StreamRequest, compute_shares, plan_request
 from ..distorch.errors import AllocationError
 from ..distorch.devices import available_devices, default_pin_cap, device_total_memory
 from ..distorch.engine import EngineOptions
 from ..distorch.layout import layout_model
 from ..distorch.planner import PlacementPlan
+from ..distorch.topology import Topology, probe_topology
 from . import comfy_adapter
 from .device_loaders import check_device_name
 from .streaming_patcher import StreamingModelPatcher
@@ -76,7 +77,16 @@ def request_from(kwargs: dict[str, Any]) -> StreamRequest:
 
 def plan_for_module(root: torch.nn.Module, request: StreamRequest) -> PlacementPlan:
     layout = layout_model(root)
-    return plan_request(request, layout.block_sizes, layout.other_bytes, device_total_memory)
+    topology = link_topology(request, layout.total_bytes)
+    return plan_request(request, layout.block_sizes, layout.other_bytes, device_total_memory, topology=topology)
+
+
+def link_topology(request: StreamRequest, model_bytes: int) -> Topology | None:
+    """Measured links from the stores to a GPU compute device (probed once per process); None on CPU."""
+    if not request.compute_device.startswith("cuda"):
+        return None
+    compute, _, shares = compute_shares(request, model_bytes, device_total_memory)
+    return probe_topology(compute, [device for device, _ in shares])
 
 
 def activation_reserve(model: Any) -> int:
