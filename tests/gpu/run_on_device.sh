@@ -103,10 +103,10 @@ EOF
 
 part_tests() {
   local t0=$SECONDS
-  log "tests: pytest tests/gpu + tests/host/test_streaming.py on CUDA (timeout ${TESTS_TIMEOUT}s)"
+  log "tests: pytest tests/gpu + in-process ComfyUI tests (test_streaming, test_in_process) on CUDA (timeout ${TESTS_TIMEOUT}s)"
   # The in-process ComfyUI streaming tests pick ComfyUI's device, so here they run on CUDA with a pinned arena.
   mkdir -p .host/base/custom_nodes && ln -sfn "$ROOT" .host/base/custom_nodes/comfyui-distorch
-  timeout "$TESTS_TIMEOUT" "$PY" -m pytest tests/gpu tests/host/test_streaming.py -q -p no:cacheprovider \
+  timeout "$TESTS_TIMEOUT" "$PY" -m pytest tests/gpu tests/host/test_streaming.py tests/host/test_in_process.py -q -p no:cacheprovider \
     -W ignore::pytest.PytestConfigWarning 2>&1 | tee "$OUT/tests_gpu.log"
   local rc=$?
   log "tests rc=$rc in $((SECONDS - t0)) s"

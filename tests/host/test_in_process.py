@@ -80,3 +80,24 @@ def test_v3_core_nodes_are_read_and_called_through_their_schema(comfy_nodes, loa
 def test_unknown_objects_are_refused_rather_than_silently_left_in_place(loaders) -> None:
     with pytest.raises(TypeError, match="cannot place"):
         loaders.comfy_adapter.place_on_device(object(), CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: run on the GPU machine")
+def test_a_graph_with_models_on_cuda_and_cpu_computes_each_where_its_loader_put_it(comfy_nodes) -> None:
+    import comfy.model_management as mm
+
+    (model,) = _load(comfy_nodes, "UNETLoaderDevice", unet_name="distorch-tiny-flux.safetensors",
+                     weight_dtype="default", device="cuda:0")
+    (clip,) = _load(comfy_nodes, "CLIPLoaderDevice", clip_name="distorch-clip-l.safetensors",
+                    type="stable_diffusion", device="cpu")
+    (vae,) = _load(comfy_nodes, "VAELoaderDevice", vae_name="distorch-taef1.safetensors", device="cpu")
+    (cond,) = _load(comfy_nodes, "CLIPTextEncode", clip=clip, text="a harbour at night")
+    assert cond[0][0].device == CPU
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    (out,) = comfy_nodes.common_ksampler(model, 1, 2, 1.0, "euler", "simple", cond, cond, latent)
+    assert next(model.model.diffusion_model.parameters()).device.type == "cuda"  # still loaded after sampling
+    (image,) = _load(comfy_nodes, "VAEDecode", vae=vae, samples=out)
+    mm.load_models_gpu([vae.patcher])
+    assert next(vae.first_stage_model.parameters()).device == CPU
+    assert next(clip.cond_stage_model.parameters()).device == CPU
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
