@@ -129,7 +129,8 @@ class CudaCopyBackend:
             copy_via_host(path.bounce, slot, dst, src, path.stream, landing, self.free[slot])
         else:
             with torch.cuda.stream(landing), torch.cuda.stream(path.stream):
-                path.stream.wait_event(self.free[slot])
+                if path.landing is not None:  # peer copy: the donor-side stream must wait for the slot too
+                    path.stream.wait_event(self.free[slot])
                 if path.helper is None:
                     dst.copy_(src, non_blocking=True)
                 else:
