@@ -25,7 +25,6 @@ log = logging.getLogger("distorch")
 MODEL_FOLDERS: dict[str, str] = {
     "diffusion_models": "", "unet": "", "checkpoints": "model.diffusion_model.", "text_encoders": "", "clip": "",
 }
-READER_NAMES = ("recent_prompt_stats", "prompt_stats", "recent_prompts")  # first one present wins
 _MAX_FILES = 4  # TripleCLIPLoader takes three; anything much bigger is not a loader's input
 
 
@@ -93,22 +92,12 @@ def preview_for(body: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def telemetry_records(limit: int = 20) -> tuple[list[Any], bool]:
-    """``(records, available)``: the registry's recent prompt stats, if this engine keeps any."""
-    from ..distorch import registry
+def telemetry_records(limit: int = 20) -> tuple[list[dict[str, Any]], bool]:
+    """``(records, available)``: the last prompts' stats (``PromptStats.as_dict()``, written by the streaming
+    patcher after each sampling run)."""
+    from ..distorch.registry import REGISTRY
 
-    # The engine writes records with REGISTRY.record_prompt_stats(dict); the reader's name is feature-detected
-    # because the registry is being extended concurrently.
-    for name in READER_NAMES:
-        recent: Callable[..., Any] | None = getattr(registry.REGISTRY, name, None)
-        if callable(recent):
-            return [_jsonable(record) for record in list(recent())[-limit:]], True
-    return [], False
-
-
-def _jsonable(record: Any) -> Any:
-    """PromptStats-like objects through their ``as_dict``; dicts as they are."""
-    return record.as_dict() if hasattr(record, "as_dict") else record
+    return REGISTRY.recent_prompt_stats()[-limit:], True
 
 
 async def get_devices(request: web.Request) -> web.Response:
