@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -60,6 +61,18 @@ def _time_copies(dst: torch.Tensor, src: torch.Tensor, stream_device: torch.devi
     return best
 
 
+def _measure(key: str, cache_path: str | os.PathLike | None, repeats: int, stream_device: torch.device,
+             make_source: Callable[[], torch.Tensor], make_target: Callable[[], torch.Tensor]) -> float:
+    """The cached figure for ``key``, else time copies between freshly made buffers and remember the result."""
+    cached = _cached(key, cache_path)
+    if cached is not None:
+        return cached
+    source, target = make_source(), make_target()
+    gbps = _time_copies(target, source, stream_device, repeats)
+    del source, target
+    return _remember(key, gbps, cache_path)
+
+
 def measure_h2d_bandwidth(
     device: str | torch.device,
     nbytes: int = 1 << 30,
@@ -73,14 +86,9 @@ def measure_h2d_bandwidth(
         return None
     device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
     key = f"h2d:{device}:{'pinned' if pinned else 'pageable'}:{nbytes}"
-    cached = _cached(key, cache_path)
-    if cached is not None:
-        return cached
-    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
-    target = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    gbps = _time_copies(target, host, device, repeats)
-    del host, target
-    return _remember(key, gbps, cache_path)
+    return _measure(key, cache_path, repeats, device,
+                    lambda: torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned),
+                    lambda: torch.empty(nbytes, dtype=torch.uint8, device=device))
 
 
 def measure_d2d_bandwidth(
@@ -96,11 +104,6 @@ def measure_d2d_bandwidth(
     if src.type != "cuda" or dst.type != "cuda" or not torch.cuda.is_available():
         return None
     key = f"d2d:{src}->{dst}:{nbytes}"
-    cached = _cached(key, cache_path)
-    if cached is not None:
-        return cached
-    source = torch.empty(nbytes, dtype=torch.uint8, device=src)
-    target = torch.empty(nbytes, dtype=torch.uint8, device=dst)
-    gbps = _time_copies(target, source, src, repeats)
-    del source, target
-    return _remember(key, gbps, cache_path)
+    return _measure(key, cache_path, repeats, src,
+                    lambda: torch.empty(nbytes, dtype=torch.uint8, device=src),
+                    lambda: torch.empty(nbytes, dtype=torch.uint8, device=dst))

@@ -140,7 +140,7 @@ class CudaCopyBackend:
 
     def _copy_in_halves(self, path: _CopyPath, slot: int, dst: torch.Tensor, src: torch.Tensor) -> None:
         half = -(-src.numel() // 2 // 256) * 256  # 256-aligned split point
-        path.helper.wait_stream(path.stream)  # starts with the main half: after the slot is free
+        path.helper.wait_event(self.free[slot])  # the same gate as the main half (no new event per copy)
         with torch.cuda.stream(path.helper):
             dst[half:].copy_(src[half:], non_blocking=True)
             self.half_done[slot].record(path.helper)

@@ -11,6 +11,7 @@ hash of the spec, and a matching sidecar means "cached" (no ComfyUI import, no w
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import hashlib
 import json
 import sys
@@ -86,10 +87,15 @@ def ensure_one(spec: Spec, models_dir: Path, device: str) -> Result:
 
 
 def generate_set(models_dir: Path | str, model_set: str = "tiny", device: str = "cpu",
-                 comfy_root: Path | str | None = None, verbose: bool = False) -> list[Result]:
-    """Write (or find cached) every model of a set; ComfyUI is imported only if something must be written."""
+                 comfy_root: Path | str | None = None, verbose: bool = False,
+                 only: Sequence[str] | None = None) -> list[Result]:
+    """Write (or find cached) every model of a set, or just the ``only`` ones by name; ComfyUI is imported only
+    if something must be written."""
     models_dir = Path(models_dir)
-    specs = SETS[model_set]
+    specs = [sp for sp in SETS[model_set] if only is None or sp.name in only]
+    unknown = set(only or ()) - {sp.name for sp in specs}
+    if unknown:
+        raise SystemExit(f"no model named {sorted(unknown)} in set {model_set!r}: {[sp.name for sp in SETS[model_set]]}")
     if any(_cached(sp, models_dir / sp.relpath) is None for sp in specs):
         from synth.comfy_env import import_comfy
 
@@ -114,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="model_set", choices=sorted(SETS), default="tiny")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where random values are drawn")
     ap.add_argument("--comfy-root", type=Path, default=DEFAULT_COMFY_ROOT)
+    ap.add_argument("--only", action="append", metavar="NAME", help="write only this model of the set (repeatable)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    results = generate_set(args.models_dir, args.model_set, args.device, args.comfy_root, verbose=True)
+    results = generate_set(args.models_dir, args.model_set, args.device, args.comfy_root, verbose=True,
+                           only=args.only)
     total = sum(r.bytes for r in results)
     print(f"synth_models: {len(results)} models, {total / 2**30:.2f} GiB, {time.perf_counter() - t0:.1f} s")
     return 0

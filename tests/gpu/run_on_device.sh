@@ -82,19 +82,9 @@ part_models() {
     "$PY" scripts/synth_models.py --models-dir "$MODELS_DIR" --set full --device cuda --comfy-root "$COMFY_ROOT" \
       2>&1 | tee -a "$OUT/setup.log"
   else
-    # Only the Flux.1-dev-shaped model (the benchmark's): the same generator and cache sidecar as
-    # `synth_models.py --set full`, without the 7 GB SDXL checkpoint the benchmark does not use.
-    "$PY" - "$MODELS_DIR" "$COMFY_ROOT" <<'EOF' 2>&1 | tee -a "$OUT/setup.log"
-import sys
-sys.path.insert(0, "scripts")
-import synth_models
-from synth.catalog import SETS
-from synth.comfy_env import import_comfy
-spec = next(s for s in SETS["full"] if s.name == "flux1_dev_full")
-if synth_models._cached(spec, synth_models.Path(sys.argv[1]) / spec.relpath) is None:
-    import_comfy(sys.argv[2])
-print(synth_models.ensure_one(spec, synth_models.Path(sys.argv[1]), "cuda").line())
-EOF
+    # Only the Flux.1-dev-shaped model (the benchmark's), without the 7 GB SDXL checkpoint it does not use.
+    "$PY" scripts/synth_models.py --models-dir "$MODELS_DIR" --set full --only flux1_dev_full --device cuda \
+      --comfy-root "$COMFY_ROOT" 2>&1 | tee -a "$OUT/setup.log"
   fi
   local rc=$?
   log "models rc=$rc in $((SECONDS - t0)) s"
@@ -128,17 +118,8 @@ part_bench() {
 part_smoke() {
   local t0=$SECONDS
   log "smoke: tiny Flux on the GPU"
-  "$PY" - "$MODELS_DIR" "$COMFY_ROOT" <<'EOF' 2>&1 | tee -a "$OUT/setup.log"
-import sys
-sys.path.insert(0, "scripts")
-import synth_models
-from synth.catalog import SETS
-from synth.comfy_env import import_comfy
-spec = next(s for s in SETS["tiny"] if s.name == "flux_tiny")
-if synth_models._cached(spec, synth_models.Path(sys.argv[1]) / spec.relpath) is None:
-    import_comfy(sys.argv[2])
-print(synth_models.ensure_one(spec, synth_models.Path(sys.argv[1]), "cuda").line())
-EOF
+  "$PY" scripts/synth_models.py --models-dir "$MODELS_DIR" --set tiny --only flux_tiny --device cuda \
+    --comfy-root "$COMFY_ROOT" 2>&1 | tee -a "$OUT/setup.log"
   # shellcheck disable=SC2086
   timeout 240 "$PY" bench/bench_flux_stream.py --tiny --comfy-root "$COMFY_ROOT" \
     --model "$MODELS_DIR/diffusion_models/distorch-tiny-flux.safetensors" --out "$OUT/smoke.jsonl" \
