@@ -37,12 +37,12 @@ sys.path.insert(0, str(BENCH))  # bench/flux and bench/h2d_bandwidth.py, however
 
 from flux import harness  # noqa: E402
 
-TINY_MODEL = harness.REPO / ".host" / "base" / "models" / "diffusion_models" / "distorch-tiny-flux.safetensors"
+TINY_MODEL = harness.REPO / ".host" / "models" / "diffusion_models" / "distorch-tiny-flux.safetensors"
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--comfy-root", type=Path, default=harness.REPO / ".host" / "comfyui")
+    ap.add_argument("--comfy-root", type=Path, default=harness.REPO / ".host" / "comfyui-0.3.75")
     ap.add_argument("--model", type=Path,
                     default=Path("/tmp/models/diffusion_models/distorch-flux1-dev-full.safetensors"))
     ap.add_argument("--device", default="cuda:0")

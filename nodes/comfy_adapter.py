@@ -60,7 +60,12 @@ def input_schema(node_cls: type) -> dict[str, dict[str, Any]]:
     Called on every ``/object_info`` request by the variants, so new model files show up. V3 hidden
     inputs are dropped: V3 nodes receive them through ``cls.hidden``, not as arguments.
     """
-    schema = node_cls.INPUT_TYPES(include_hidden=False) if is_v3(node_cls) else node_cls.INPUT_TYPES()
+    if is_v3(node_cls) and "include_hidden" in inspect.signature(node_cls.INPUT_TYPES).parameters:
+        schema = node_cls.INPUT_TYPES(include_hidden=False)  # the V3 API of ComfyUI 0.3.x
+    else:
+        schema = node_cls.INPUT_TYPES()  # classic nodes; V3 nodes of newer ComfyUI (no include_hidden)
+    if is_v3(node_cls):
+        schema = {section: entries for section, entries in schema.items() if section != "hidden"}
     return {section: dict(entries) for section, entries in schema.items()}
 
 

@@ -45,6 +45,7 @@ class StreamingState:
 
     plan: PlacementPlan
     engine: StreamingEngine
+    options: EngineOptions
     # key -> the patch list baked into the weights now; holding the list keeps ids of its objects stable.
     applied: dict[str, tuple] = field(default_factory=dict)
 
@@ -82,14 +83,23 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         # non-block parts (model_sampling buffers...) move to the compute device as in a full load.
         if options.forward_root is None and isinstance(getattr(base.model, "diffusion_model", None), torch.nn.Module):
             options = dataclasses.replace(options, forward_root="diffusion_model")  # one call = one forward
-        patcher.distorch = StreamingState(plan=plan, engine=StreamingEngine(base.model, plan, options))
-        patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
-                                     functools.partial(_report_after_sampling, patcher.distorch))
+        patcher._attach(StreamingState(plan, StreamingEngine(base.model, plan, options), options))
         return patcher
 
-    def clone(self) -> "StreamingModelPatcher":
-        n = super().clone()
-        n.distorch = self.distorch
+    def _attach(self, state: StreamingState) -> None:
+        """Use ``state``'s engine, with per-prompt telemetry reported from it."""
+        self.distorch = state
+        outer_sample = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
+        self.remove_wrappers_with_key(outer_sample, WRAPPER_KEY)
+        self.add_wrapper_with_key(outer_sample, WRAPPER_KEY, functools.partial(_report_after_sampling, state))
+
+    def clone(self, *args, **kwargs) -> "StreamingModelPatcher":
+        n = super().clone(*args, **kwargs)
+        if n.model is self.model:
+            n.distorch = self.distorch  # one nn.Module, one engine
+        else:  # a deep copy (newer ComfyUI's force_deepcopy / model_override): its own engine, same plan
+            state = self.distorch
+            n._attach(StreamingState(state.plan, StreamingEngine(n.model, state.plan, state.options), state.options))
         return n
 
     # --- what ComfyUI's memory manager reads --------------------------------------------------------

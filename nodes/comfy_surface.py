@@ -1,0 +1,114 @@
+"""Every ComfyUI name this package touches, listed once: the API surface checked on each host.
+
+`tests/host/test_api_surface.py` resolves each entry on the ComfyUI it runs against (modules, classes,
+functions, methods, instance attributes) and checks that our calls still bind to the host's signatures and
+that our ModelPatcher overrides still accept every argument the host may pass. It also reads our sources
+and fails when they use a ComfyUI name that is not listed here. So the next ComfyUI change fails loudly in one
+place, not silently at a user's prompt.
+
+Path syntax: ``module.Class.attr`` for module-level and class-level names; ``module.Class#attr`` for an
+attribute that instances get in ``__init__`` (``#model.attr``: an attribute the patcher's model gets).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Name:
+    path: str
+    why: str
+    call: tuple[int, tuple[str, ...]] | None = None  # how we call it: (positional args, keyword names)
+    override: bool = False  # StreamingModelPatcher overrides it: ours must accept whatever the host passes
+    optional: bool = False  # feature-detected where used: absent on some hosts, and that is handled
+
+
+MP = "comfy.model_patcher.ModelPatcher"
+
+SURFACE: tuple[Name, ...] = (
+    # --- finding and calling core nodes (comfy_adapter) ------------------------------------------------
+    Name("nodes.NODE_CLASS_MAPPINGS", "core node classes, by name"),
+    Name("comfy_api.latest.io.ComfyNode.define_schema", "tells V3 nodes from classic ones", optional=True),
+    Name("comfy_api.latest.io.ComfyNode.GET_SCHEMA", "tells V3 nodes from classic ones", optional=True),
+    Name("comfy_api.latest.io.ComfyNode.INPUT_TYPES", "a V3 node's inputs, classic form", call=(0, ()),
+         optional=True),
+    Name("comfy_api.latest.io.ComfyNode.PREPARE_CLASS_CLONE", "runs a V3 node as the executor does",
+         call=(1, ()), optional=True),
+    Name("comfy_api.latest.io.ComfyNode.execute", "runs a V3 node", optional=True),
+    Name("comfy_api.latest.io.ComfyNode.RETURN_TYPES", "a V3 node's outputs, classic form", optional=True),
+    Name("nodes.UNETLoader.INPUT_TYPES", "a classic node's inputs", call=(0, ())),
+    Name("nodes.UNETLoader.FUNCTION", "a classic node's entry point"),
+    Name("nodes.UNETLoader.RETURN_TYPES", "a classic node's outputs"),
+    Name("folder_paths.get_filename_list", "model files a preview may read", call=(1, ())),
+    Name("folder_paths.get_full_path", "model files a preview may read", call=(2, ())),
+    Name("server.PromptServer", "our HTTP routes go on the running server's route table"),
+    # --- what core loaders return, retargeted by duck typing (comfy_adapter.place_on_device) -------------
+    Name("comfy.sd.CLIP#cond_stage_model", "recognises a CLIP"),
+    Name("comfy.sd.CLIP#patcher", "a CLIP's ModelPatcher: retargeted, or streamed"),
+    Name("comfy.sd.CLIP.clone", "a streamed CLIP is a clone with our patcher", call=(0, ())),
+    Name("comfy.sd.VAE#first_stage_model", "recognises a VAE"),
+    Name("comfy.sd.VAE#patcher", "a VAE's ModelPatcher"),
+    Name("comfy.sd.VAE#device", "VAE.decode/encode move latents here"),
+    Name("comfy.clip_vision.ClipVisionModel.encode_image", "recognises a CLIP vision model"),
+    Name("comfy.clip_vision.ClipVisionModel#patcher", "its ModelPatcher"),
+    Name("comfy.clip_vision.ClipVisionModel#load_device", "encode_image moves pixels here"),
+    Name("comfy.controlnet.ControlNet.get_control", "recognises a ControlNet"),
+    Name("comfy.controlnet.ControlNet.set_cond_hint", "recognises a ControlNet"),
+    Name("comfy.controlnet.ControlNet#load_device", "where a ControlNet computes"),
+    Name("comfy.controlnet.ControlNet#control_model_wrapped", "a ControlNet's ModelPatcher"),
+    Name("comfy.controlnet.T2IAdapter", "T2I adapters keep a plain device attribute"),
+    Name("comfy.model_base.BaseModel.memory_required", "activation memory of a batched cond+uncond forward",
+         call=(1, ())),
+    Name("comfy.model_base.BaseModel#latent_format", "latent channels for that estimate"),
+    Name("comfy.model_base.BaseModel#diffusion_model", "one call of it is one model forward"),
+    # --- memory generations -----------------------------------------------------------------------------
+    Name("comfy.memory_management.aimdo_enabled", "Dynamic VRAM on or off (newer ComfyUI)", optional=True),
+    Name("comfy.model_patcher.ModelPatcherDynamic", "Dynamic VRAM's patcher (newer ComfyUI)", optional=True),
+    Name("comfy.model_management.current_loaded_models", "unloading a model before retargeting it"),
+    Name("comfy.model_management.LoadedModel#model", "unloading a model before retargeting it"),
+    Name("comfy.model_management.LoadedModel.model_unload", "unloading a model before retargeting it",
+         call=(0, ())),
+    Name("comfy.model_management.module_size", "host RAM a streaming model holds", call=(1, ())),
+    # --- the ModelPatcher base of StreamingModelPatcher ----------------------------------------------------
+    Name(MP, "base class of StreamingModelPatcher", call=(3, ("weight_inplace_update",))),
+    Name(f"{MP}.clone", "a clone shares the engine", override=True),
+    Name(f"{MP}.model_size", "tells the memory manager our device footprint", override=True),
+    Name(f"{MP}.get_ram_usage", "host RAM for ComfyUI 0.3's RAM cache", override=True, optional=True),
+    Name(f"{MP}.load", "hands placement to the engine", override=True),
+    Name(f"{MP}.partially_load", "the memory manager's load entry", override=True),
+    Name(f"{MP}.partially_unload", "a fixed plan gives back nothing partially", override=True),
+    Name(f"{MP}.unpatch_model", "unload: the engine gives back everything", override=True),
+    Name(f"{MP}.detach", "wrap() takes the model over from the core loader's patcher", call=(0, ())),
+    Name(f"{MP}.use_ejected", "ComfyUI's injection bracket around loads", call=(0, ("skip_and_inject_on_exit_only",))),
+    Name(f"{MP}.eject_model", "unload", call=(0, ())),
+    Name(f"{MP}.unpatch_hooks", "hook patches are redone around loads", call=(0, ())),
+    Name(f"{MP}.apply_hooks", "hook patches forced on CLIP", call=(1, ("force_apply",))),
+    Name(f"{MP}.patch_model", "object patches before a load", call=(0, ("load_weights",))),
+    Name(f"{MP}.patch_weight_to_device", "LoRA computed by ComfyUI's own code", call=(1, ("device_to",))),
+    Name(f"{MP}.get_all_callbacks", "ON_LOAD callbacks run as a core load runs them", call=(1, ())),
+    Name(f"{MP}.add_wrapper_with_key", "per-prompt telemetry", call=(3, ())),
+    Name(f"{MP}.remove_wrappers_with_key", "a deep clone reports from its own engine", call=(2, ())),
+    Name(f"{MP}#model", "the model"),
+    Name(f"{MP}#load_device", "the compute device"),
+    Name(f"{MP}#offload_device", "where an unloaded model lives"),
+    Name(f"{MP}#patches", "weight patches (LoRA)"),
+    Name(f"{MP}#patches_uuid", "which patch set is applied"),
+    Name(f"{MP}#backup", "original weights under patches"),
+    Name(f"{MP}#object_patches", "object patches"),
+    Name(f"{MP}#object_patches_backup", "object patches undone at unload"),
+    Name(f"{MP}#model_options", "sampling options travel with the patcher"),
+    Name(f"{MP}#weight_inplace_update", "how patched weights are written"),
+    Name(f"{MP}#forced_hooks", "hook patches forced on CLIP"),
+    Name(f"{MP}#model.device", "where the model computes"),
+    Name(f"{MP}#model.model_lowvram", "a streaming model is not ComfyUI-lowvram"),
+    Name(f"{MP}#model.lowvram_patch_counter", "no lowvram patches"),
+    Name(f"{MP}#model.model_loaded_weight_memory", "bytes the memory manager sees on the device"),
+    Name(f"{MP}#model.model_offload_buffer_memory", "no core offload buffers"),
+    Name(f"{MP}#model.current_weight_patches_uuid", "which patch set the weights hold"),
+    Name("comfy.patcher_extension.WrappersMP.OUTER_SAMPLE", "per-prompt telemetry"),
+    Name("comfy.patcher_extension.CallbacksMP.ON_LOAD", "ON_LOAD callbacks"),
+    Name("comfy.utils.get_attr", "a weight by its patch key", call=(2, ())),
+    Name("comfy.utils.set_attr", "puts the streamed Parameter object back", call=(3, ())),
+    Name("comfy.utils.set_attr_param", "restores a resident weight", call=(3, ())),
+    Name("comfy.utils.copy_to_param", "restores a resident weight in place", call=(3, ())),
+)
