@@ -1,4 +1,6 @@
 """distorch.quant.tensor and .scratch: QuantSpec, dequantize into reusable buffers, the scratch pool."""
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -163,3 +165,13 @@ def test_two_slots_keep_a_weight_and_its_bias_alive_together():
     b = pool.dequantize(b_raw, b_spec, torch.float32, slot=1)
     assert_same_floats(w.reshape(-1), reference(w_raw.numpy(), T.Q8_0))
     assert_same_floats(b, reference(b_raw.numpy(), T.F32))
+
+
+def test_importing_the_package_and_dequantizing_on_cpu_never_imports_triton_or_gguf():
+    code = ("import sys, torch; from distorch.quant import QuantSpec, dequantize; "
+            "dequantize(torch.zeros(144, dtype=torch.uint8), QuantSpec('Q4_K', (256,)), torch.bfloat16); "
+            "print(sorted(m for m in ('triton', 'gguf') if m in sys.modules))")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
