@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distorch.quant import QuantSpec, ScratchPool, dequantize, has_triton_kernel, triton_usable  # noqa: E402
+from distorch.quant import QuantSpec, ScratchPool, has_triton_kernel, triton_usable  # noqa: E402
 from distorch.quant import types as T  # noqa: E402
 
 FLUX_BLOCK_SHAPES = [(3072, 3072)] * 4 + [(3072, 12288)] * 2 + [(12288, 3072)] * 2
