@@ -9,7 +9,7 @@ from distorch.quant import QuantSpec, ScratchPool, dequantize, triton_usable  # 
 from distorch.quant import types as T  # noqa: E402
 from distorch.quant.dequant_torch import dequantize_torch  # noqa: E402
 from distorch.quant.tensor import _TRITON_TYPES  # noqa: E402
-from quant_helpers import assert_same_floats, mixed_raw  # noqa: E402
+from quant_blocks import assert_same_floats, mixed_raw  # noqa: E402
 
 DEVICE = torch.device("cuda", 0)
 ALL_TYPES = pytest.mark.parametrize("qtype", T.SUPPORTED_TYPES, ids=lambda t: t.name)

@@ -16,7 +16,7 @@ import torch
 import distorch.quant.tensor as quant_tensor
 from distorch.quant import types as T
 from distorch.quant.dequant_torch import dequantize_torch
-from quant_helpers import assert_same_floats, mixed_raw
+from quant_blocks import assert_same_floats, mixed_raw
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN/Inf scales are inputs here
 KERNEL_FILE = Path(quant_tensor.__file__).with_name("dequant_triton.py")
