@@ -65,3 +65,15 @@ class BudgetError(DistorchError, ValueError):
     def __init__(self, message: str, *, device: str | None = None) -> None:
         self.device = device
         super().__init__(message)
+
+
+class QuantError(DistorchError, ValueError):
+    """A quantized tensor the engine cannot handle: an unknown or unsupported GGML type, a shape whose
+    last dimension does not split into whole blocks, or raw bytes of the wrong size or dtype.
+
+    ``qtype`` is the GGML type's name when it is known (``"IQ2_XXS"``), else ``None``.
+    """
+
+    def __init__(self, message: str, *, qtype: str | None = None) -> None:
+        self.qtype = qtype
+        super().__init__(message)

@@ -14,6 +14,8 @@
 #              end-to-end check of the harness and the engine on CUDA
 #   both       tests bench
 #   memkinds   bench/h2d_memory_kinds.py: GB/s of block-sized copies from each kind of page-locked memory
+#   quant      bench/quant_dequant.py: GGUF dequantization speed per type, torch and Triton paths
+#              (QUANT_ARGS adds arguments, e.g. "--types Q8_0,Q4_K --rows-per-program 32,64,128 --num-warps 4,8")
 #
 # Wheels: if .whl/ holds any (py3.12 manylinux wheels of packages the machine lacks), they are installed
 # with --no-deps into /tmp/site first and put on PYTHONPATH. Results: JSON lines and logs under $OUT
@@ -132,6 +134,13 @@ part_memkinds() {
   "$PY" bench/h2d_memory_kinds.py 2>&1 | tee "$OUT/memkinds.jsonl"
 }
 
+part_quant() {
+  log "quant: dequantization speed per GGML type"
+  # shellcheck disable=SC2086
+  timeout "$BENCH_TIMEOUT" "$PY" bench/quant_dequant.py ${QUANT_ARGS:-} 2>"$OUT/quant_dequant.log" | tee "$OUT/quant_dequant.jsonl"
+  log "quant rc=${PIPESTATUS[0]}"
+}
+
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(tests bench)
 install_wheels || exit 1
@@ -143,8 +152,9 @@ for part in "${parts[@]}"; do
     bench) part_bench ;;
     smoke) part_smoke ;;
     memkinds) part_memkinds ;;
+    quant) part_quant ;;
     both) part_tests; part_bench ;;
-    *) echo "unknown part: $part (inventory models tests bench smoke memkinds both)" >&2; exit 2 ;;
+    *) echo "unknown part: $part (inventory models tests bench smoke memkinds quant both)" >&2; exit 2 ;;
   esac
 done
 log "done: $(ls "$OUT" | tr '\n' ' ')"
