@@ -50,6 +50,24 @@ class PlacementPlan:
     activation_reserve_bytes: int
     block_sizes: tuple[tuple[str, int], ...] = ()  # every block's bytes, in execution order
     stores: tuple[StoreBudget, ...] = field(default=())
+    # The weight budget asked for when it was below the smallest plan that runs (the plan is that smallest
+    # plan instead); None when the budget was met.
+    raised_from_bytes: int | None = None
+
+    @property
+    def budget_raised(self) -> bool:
+        return self.raised_from_bytes is not None
+
+    def raised_message(self) -> str:
+        """What a user is told when their budget was raised to the minimum (empty when it was not)."""
+        if self.raised_from_bytes is None:
+            return ""
+        needed = self.device_footprint_bytes + self.activation_reserve_bytes
+        return (f"weight budget {_gb(self.raised_from_bytes)} on {self.compute_device} is below the minimum "
+                f"{_gb(needed)} (non-block modules {_gb(self.other_bytes)} + {len(self.resident)} resident "
+                f"block(s) + staging ring {self.ring_slots}x{_gb(self.slot_bytes)}"
+                + (f" + activation reserve {_gb(self.activation_reserve_bytes)}" if self.activation_reserve_bytes else "")
+                + "); running with the minimum")
 
     @property
     def ring_bytes(self) -> int:
@@ -204,22 +222,20 @@ def plan_placement(
     candidates = list(range(head, len(blocks)))
     fixed = other_bytes + activation_reserve_bytes
 
-    chosen: list[int] = []
-    needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
-    lowest = needed
-    for count in range(1, len(candidates) + 1):
-        if needed <= weight_budget_bytes:
-            break
-        chosen = [candidates[i] for i in spread_evenly(count, len(candidates))]
-        needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
-        lowest = min(lowest, needed)
+    chosen, needed, slot_bytes, slots = _fewest_streamed(sizes, candidates, fixed, ring_slots, weight_budget_bytes)
+    if needed > weight_budget_bytes and head:  # the head block(s) may stream too rather than miss the budget
+        chosen, needed, slot_bytes, slots = _fewest_streamed(sizes, range(len(blocks)), fixed, ring_slots,
+                                                             weight_budget_bytes)
+    raised_from = None
     if needed > weight_budget_bytes:
-        raise BudgetError(
-            f"weight budget {weight_budget_bytes} bytes on {compute_device} cannot hold non-block modules "
-            f"({other_bytes} bytes) + {head} head block(s) + activation reserve ({activation_reserve_bytes} bytes) "
-            f"+ a ring of {ring_slots} staging slot(s); the minimum budget is {lowest} bytes",
-            device=compute_device,
-        )
+        # Never refused for being small: the smallest plan that runs is used instead, and the caller warns with
+        # both numbers (plan.raised_message()).
+        pools = (candidates, list(range(len(blocks))))
+        _, pool, count = min(((_needed_for(sizes, pool, n, fixed, ring_slots), pool, n)
+                              for pool in pools for n in range(len(pool) + 1)), key=lambda option: option[0])
+        chosen = [pool[i] for i in spread_evenly(count, len(pool))] if count else []
+        needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
+        raised_from = weight_budget_bytes
 
     streamed_set = set(chosen)
     stores_of = assign_stores([(names[i], sizes[i]) for i in chosen], stores)
@@ -235,7 +251,28 @@ def plan_placement(
         activation_reserve_bytes=activation_reserve_bytes,
         block_sizes=tuple(blocks),
         stores=tuple(stores),
+        raised_from_bytes=raised_from,
     )
+
+
+def _needed_for(sizes: Sequence[int], pool: Sequence[int], count: int, fixed: int, ring_slots: int) -> int:
+    pool = list(pool)
+    chosen = [pool[i] for i in spread_evenly(count, len(pool))] if count else []
+    return _needed_bytes(sizes, chosen, fixed, ring_slots)[0]
+
+
+def _fewest_streamed(sizes: Sequence[int], candidates: Sequence[int], fixed: int, ring_slots: int,
+                     budget: int) -> tuple[list[int], int, int, int]:
+    """The fewest candidates, spread evenly, whose plan fits ``budget`` (or all candidates when none does)."""
+    candidates = list(candidates)
+    chosen: list[int] = []
+    needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
+    for count in range(1, len(candidates) + 1):
+        if needed <= budget:
+            break
+        chosen = [candidates[i] for i in spread_evenly(count, len(candidates))]
+        needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
+    return chosen, needed, slot_bytes, slots
 
 
 def group_rates(stores: Sequence[StoreBudget]) -> dict[str, float | None]:

@@ -53,6 +53,7 @@ def test_an_allocation_without_the_compute_device_is_refused():
         plan(expert_allocation="cuda:1,10gb;cpu,*")
 
 
-def test_a_budget_too_small_for_the_head_block_names_the_minimum():
-    with pytest.raises(BudgetError, match="minimum budget"):
-        plan(virtual_vram_gb=20.5)
+def test_a_budget_too_small_runs_with_the_minimum_and_says_so():
+    p = plan(virtual_vram_gb=20.5)  # 0.5 GB left on the device: below non-block modules + a ring of 2 blocks
+    assert p.budget_raised and p.raised_from_bytes == int(0.5 * GB)
+    assert p.device_footprint_bytes == OTHER + 2 * GB and len(p.streamed) == len(BLOCKS)

@@ -70,11 +70,23 @@ def test_everything_may_stream_without_a_head():
     assert len(plan.streamed) == 10 and plan.resident == ()
 
 
-def test_budget_error_names_the_numbers_and_the_minimum_budget():
-    with pytest.raises(BudgetError) as caught:
-        plan_placement(equal_blocks(10), 50, "cuda:0", 300, CPU, ring_slots=3)
-    message = str(caught.value)
-    assert "300" in message and "50" in message and "minimum budget is 450" in message
+def test_a_budget_below_the_minimum_is_raised_to_the_smallest_plan_that_runs_never_refused():
+    plan = plan_placement(equal_blocks(10), 50, "cuda:0", 300, CPU, ring_slots=3)
+    # smallest plan: no resident head, every block streamed: 50 other + 3 slots x 100
+    assert plan.budget_raised and plan.raised_from_bytes == 300
+    assert plan.device_footprint_bytes == 350 and len(plan.streamed) == 10
+    message = plan.raised_message()
+    assert "300 B" in message and "350 B" in message and "running with the minimum" in message
+
+
+def test_the_head_block_is_kept_when_the_budget_allows_it():
+    plan = plan_placement(equal_blocks(10), 50, "cuda:0", 450, CPU, ring_slots=3)
+    assert not plan.budget_raised and plan.resident == ("blocks.0",)
+
+
+def test_the_head_block_streams_too_when_only_that_fits():
+    plan = plan_placement(equal_blocks(10), 50, "cuda:0", 420, CPU, ring_slots=3)
+    assert not plan.budget_raised and plan.resident == () and plan.device_footprint_bytes == 350
 
 
 def test_ring_has_the_requested_slots_each_the_size_of_the_largest_streamed_block():
