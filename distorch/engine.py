@@ -2,15 +2,18 @@
 
 ``load`` puts resident tensors on the compute device and streamed blocks in their stores' arenas;
 ``unload`` takes it all back off, leaving a module that works normally on the offload device. The
-arenas belong to the engine and persist across unload/load (re-pinned on load, unpinned on unload),
-so a reload costs no repacking. Streamed tensors are rebound to arena views rather than copied, so the
-host never holds a second copy of the streamed weights.
+arenas belong to the engine and persist across unload/load (streamed blocks re-pinned on load, unpinned on
+unload), so a reload costs no repacking. Streamed tensors are rebound to arena views rather than copied, so
+the host never holds a second copy of the streamed weights. :meth:`StreamingEngine.replan` swaps the plan
+while unloaded (free VRAM changed between prompts): the next load packs only blocks that newly stream and
+drops the packed copy of blocks that became resident; nothing else is repacked.
 """
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -41,6 +44,24 @@ class EngineOptions:
     donor_route: str | None = None
 
 
+@dataclass
+class LoadStats:
+    """Where the last load's time went (host seconds; the resident upload includes waiting for its copies)."""
+
+    pack_s: float = 0.0  # copying newly streamed blocks into their arenas
+    packed_bytes: int = 0
+    pin_s: float = 0.0  # cudaHostRegister of streamed blocks
+    pinned_bytes: int = 0
+    resident_s: float = 0.0  # resident tensors to the compute device
+    resident_bytes: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"pack_s": self.pack_s, "packed_bytes": self.packed_bytes, "pin_s": self.pin_s,
+                "pinned_bytes": self.pinned_bytes, "resident_s": self.resident_s,
+                "resident_bytes": self.resident_bytes}
+
+
 def _tensor_at(root: nn.Module, name: str) -> torch.Tensor:
     """The parameter or buffer object registered under ``name`` (a path relative to ``root``)."""
     module_path, _, attr = name.rpartition(".")
@@ -59,16 +80,8 @@ def _normalised(device: str | torch.device) -> torch.device:
 class StreamingEngine:
     def __init__(self, root: nn.Module, plan: PlacementPlan, options: EngineOptions | None = None) -> None:
         self.root = root
-        self.plan = plan
         self.options = options or EngineOptions()
-        modules = dict(find_blocks(root))
-        missing = [name for name, _ in plan.streamed if name not in modules]
-        if missing:
-            raise DistorchError(f"the plan streams blocks the model does not have: {missing}")
-        self._layouts: dict[str, BlockLayout] = {name: layout_block(name, modules[name]) for name, _ in plan.streamed}
-        self._modules = {name: modules[name] for name, _ in plan.streamed}
-        self._store_of = {name: _normalised(store) for name, store in plan.streamed}
-        self._tensor_block = {t.name: block for block, layout in self._layouts.items() for t in layout.tensors}
+        self._all_modules = dict(find_blocks(root))
         self._arenas: dict[torch.device, HostArena] = {}
         self._ring: StagingRing | None = None
         self._streamer: BlockStreamer | None = None
@@ -76,7 +89,27 @@ class StreamingEngine:
         self._update_depth = 0
         self._updated = False
         self.telemetry: Telemetry = NullTelemetry()
+        self.load_stats = LoadStats()
+        self._set_plan(plan)
         REGISTRY.add_engine(self)
+
+    def _set_plan(self, plan: PlacementPlan) -> None:
+        missing = [name for name, _ in plan.streamed if name not in self._all_modules]
+        if missing:
+            raise DistorchError(f"the plan streams blocks the model does not have: {missing}")
+        self.plan = plan
+        self._layouts: dict[str, BlockLayout] = {name: layout_block(name, self._all_modules[name])
+                                                 for name, _ in plan.streamed}
+        self._modules = {name: self._all_modules[name] for name, _ in plan.streamed}
+        self._store_of = {name: _normalised(store) for name, store in plan.streamed}
+        self._tensor_block = {t.name: block for block, layout in self._layouts.items() for t in layout.tensors}
+
+    def replan(self, plan: PlacementPlan) -> None:
+        """Use ``plan`` from the next load on (the engine must be unloaded). Blocks that newly stream are
+        packed at that load; packed blocks that no longer stream are dropped once their tensors moved."""
+        if self.is_loaded:
+            raise DistorchError("replan needs an unloaded engine; unload first")
+        self._set_plan(plan)
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -96,7 +129,7 @@ class StreamingEngine:
 
     def host_view(self, name: str) -> torch.Tensor:
         """The arena view holding streamed tensor ``name`` (on its store's device)."""
-        self._ensure_arenas()
+        self._pack_streamed()
         return self._arena_of(name).view(name)
 
     # -- load / unload ------------------------------------------------------------------------------
@@ -105,13 +138,25 @@ class StreamingEngine:
         device = _normalised(compute_device)
         if self.is_loaded:
             raise DistorchError(f"engine already loaded on {self._compute_device}; unload first")
-        self._ensure_arenas()
-        self._sync_streamed_into_arenas()
+        stats = self.load_stats = LoadStats()
+        t0 = time.perf_counter()
+        stats.packed_bytes = self._pack_streamed()
+        t1 = time.perf_counter()
         placed = self._move_resident(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the upload's real duration, not its enqueueing
+        t2 = time.perf_counter()
+        self._drop_unstreamed_packs()
         self._pin_arenas(device)
+        t3 = time.perf_counter()
+        stats.pack_s, stats.resident_s, stats.pin_s = t1 - t0, t2 - t1, t3 - t2
+        stats.resident_bytes, stats.pinned_bytes = placed, self.pinned_bytes
         self._compute_device = device
         if self._layouts:
             placed += self._start_streaming(device)
+        log.info("[DisTorch] load on %s: packed %.2f GB in %.2f s, resident %.2f GB in %.2f s, pinned %.2f GB "
+                 "in %.2f s", device, stats.packed_bytes / 1e9, stats.pack_s, stats.resident_bytes / 1e9,
+                 stats.resident_s, stats.pinned_bytes / 1e9, stats.pin_s)
         return placed
 
     def unload(self, offload_device: str | torch.device) -> None:
@@ -148,29 +193,37 @@ class StreamingEngine:
         return moved
 
     # -- arenas -------------------------------------------------------------------------------------
-    def _ensure_arenas(self) -> None:
-        """First call: pack every streamed block into its store's arena, block by block, in order."""
-        if self._arenas or not self._layouts:
-            return
-        by_store: dict[torch.device, list[BlockLayout]] = {}
-        for name in self._layouts:
-            by_store.setdefault(self._store_of[name], []).append(self._layouts[name])
-        self._arenas = {store: HostArena(layouts, store) for store, layouts in by_store.items()}
-        self._sync_streamed_into_arenas()
-
     def _arena_of(self, name: str) -> HostArena:
         return self._arenas[self._store_of[self._tensor_block[name]]]
 
-    def _sync_streamed_into_arenas(self) -> None:
-        """Point every streamed tensor at its arena view, copying values in where they are elsewhere
-        (first packing, or a tensor replaced while unloaded). Each original storage is dropped as
-        soon as it is copied, so the host never holds two full copies."""
-        for name in self._tensor_block:
-            tensor = _tensor_at(self.root, name)
-            home = self._arena_of(name).view(name)
-            if tensor.data_ptr() != home.data_ptr() or tensor.device != home.device:
-                home.copy_(tensor.data)
-                tensor.data = home
+    def _pack_streamed(self) -> int:
+        """Point every streamed tensor at its view in its store's arena, packing blocks that are not there
+        yet (first load, a re-plan, or a tensor replaced while unloaded), in execution order. Each original
+        storage is dropped as soon as it is copied, so the host never holds two copies. Returns bytes copied."""
+        copied = 0
+        for block, layout in self._layouts.items():
+            store = self._store_of[block]
+            if store not in self._arenas:
+                self._arenas[store] = HostArena(store)
+            arena = self._arenas[store]
+            new_block = block not in arena
+            arena.add(layout)
+            for slot in layout.tensors:
+                tensor, home = _tensor_at(self.root, slot.name), arena.view(slot.name)
+                if tensor.data_ptr() != home.data_ptr() or tensor.device != home.device:
+                    home.copy_(tensor.data)
+                    tensor.data = home
+                    copied += 0 if new_block else slot.nbytes
+            copied += layout.nbytes if new_block else 0
+        return copied
+
+    def _drop_unstreamed_packs(self) -> None:
+        """Free the packed copies of blocks the plan no longer streams from that store (after a re-plan their
+        tensors have moved to the compute device or been packed elsewhere)."""
+        for store, arena in self._arenas.items():
+            for block in arena.block_names:
+                if self._store_of.get(block) != store:
+                    arena.remove(block)
 
     def _pin_arenas(self, device: torch.device) -> None:
         if not self.options.pin_host or device.type != "cuda":
@@ -178,7 +231,7 @@ class StreamingEngine:
         cap = self.options.host_pin_cap_bytes
         for arena in self._arenas.values():
             remaining = None if cap is None else max(cap - REGISTRY.pinned_bytes_total(), 0)
-            arena.pin(remaining)
+            arena.pin(cap_bytes=remaining)
 
     # -- streaming ----------------------------------------------------------------------------------
     def _start_streaming(self, device: torch.device) -> int:

@@ -203,7 +203,8 @@ def preview(
 
     ``device_totals`` (canonical name -> total bytes) is both the memory sizes and the set of devices that
     exist. An allocation string wins over ``virtual_vram_gb``/``donor_device``, as in the loader nodes.
-    Bad input raises the engine's own errors (AllocationError with token/position, DeviceError, BudgetError).
+    Bad input raises the engine's own errors (AllocationError with token/position, DeviceError, BudgetError); a
+    budget below the minimum is not an error: the preview shows the minimum plan and says so in ``warning``.
     """
     layout = read_layout(path, prefix)
     result: dict[str, Any] = {
@@ -246,6 +247,7 @@ def _plan_dict(plan: Any, totals: dict[str, int], budget: int, shares: list[tupl
         "compute_device": plan.compute_device, "devices": devices, "bytes_by_device": _by_device(devices),
         "plan": {"resident": list(plan.resident), "streamed": [list(pair) for pair in plan.streamed],
                  "ring_slots": plan.ring_slots, "slot_bytes": plan.slot_bytes, "table": plan.table()},
+        "warning": plan.raised_message() or None,  # a budget below the minimum runs with the minimum
     }
 
 

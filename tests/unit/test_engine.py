@@ -37,9 +37,8 @@ def test_streamed_parameters_share_storage_with_the_arena_after_load():
     engine = loaded_engine(model, 5)
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     arena = next(iter(engine._arenas.values()))
-    start, end = arena.buffer.data_ptr(), arena.buffer.data_ptr() + arena.nbytes
     for name in engine.streamed_tensor_names():
-        assert start <= params[name].data_ptr() < end
+        assert arena.contains(params[name])
         assert params[name].data_ptr() == engine.host_view(name).data_ptr()
 
 
@@ -131,3 +130,40 @@ def test_a_plan_that_streams_nothing_just_moves_the_model():
     engine.load("cpu")
     assert hook_count(model) == 0
     assert torch.equal(run(model, xs)[0], reference_outputs(torch.float32, xs)[0])
+
+
+def test_a_replan_packs_only_newly_streamed_blocks_and_drops_the_rest_with_outputs_unchanged():
+    xs = inputs(torch.bfloat16, count=2)
+    expected = reference_outputs(torch.bfloat16, xs)
+    model = make_model(torch.bfloat16)
+    blocks = len(plan_streaming(model, 0).block_sizes)
+    first, second = plan_streaming(model, 3), plan_streaming(model, blocks - 1)  # the second streams all but the head
+    engine = StreamingEngine(model, first, EngineOptions())
+    engine.load("cpu")
+    kept = next(n for n in first.streamed_names if n in second.streamed_names)
+    kept_pointer = engine._arenas[torch.device("cpu")].segment(kept).data_ptr()
+    engine.unload("cpu")
+    engine.replan(second)
+    engine.load("cpu")
+    arena = engine._arenas[torch.device("cpu")]
+    assert set(arena.block_names) == set(second.streamed_names)
+    assert arena.segment(kept).data_ptr() == kept_pointer  # packed once, never again
+    assert engine.load_stats.packed_bytes == sum(
+        size for name, size in second.block_sizes if name in set(second.streamed_names) - set(first.streamed_names))
+    assert all(torch.equal(a, b) for a, b in zip(run(model, xs), expected))
+    engine.unload("cpu")
+    engine.replan(first)  # back to fewer streamed blocks: the packs of the others are dropped
+    engine.load("cpu")
+    assert set(arena.block_names) == set(first.streamed_names)
+    assert all(torch.equal(a, b) for a, b in zip(run(model, xs), expected))
+
+
+def test_replan_refuses_a_loaded_engine():
+    import pytest
+
+    from distorch.errors import DistorchError
+
+    model = make_model()
+    engine = loaded_engine(model, 3)
+    with pytest.raises(DistorchError, match="unload first"):
+        engine.replan(plan_streaming(model, 4))

@@ -166,6 +166,8 @@ def test_preview_rejects_a_bad_allocation_with_token_and_position(tmp_path):
     assert (caught.value.token, caught.value.position) == ("gx", 5)
 
 
-def test_preview_reports_a_budget_too_small_for_the_head_block(tmp_path):
-    with pytest.raises(BudgetError, match="minimum budget"):
-        preview(flux_like(tmp_path), "cuda:0", {"cpu": 64 * GIB, "cuda:0": 24 * GIB}, allocation_text="cuda:0,1kb;cpu,*")
+def test_preview_of_a_budget_too_small_shows_the_minimum_plan_with_a_warning_not_an_error(tmp_path):
+    result = preview(flux_like(tmp_path), "cuda:0", {"cpu": 64 * GIB, "cuda:0": 24 * GIB},
+                     allocation_text="cuda:0,1kb;cpu,*")
+    assert "below the minimum" in result["warning"] and "1.00 kB" in result["warning"]
+    assert result["plan"]["resident"] == [] or result["devices"][0]["bytes"] > 1000

@@ -52,7 +52,9 @@ def build_streamer(model, names, slots):
     """A streamer wired by hand (no engine): arena packed from the model, sync backend."""
     modules = dict(model.named_modules())
     layouts = [layout_block(name, modules[name]) for name in names]
-    arena = HostArena(layouts)
+    arena = HostArena("cpu")
+    for layout in layouts:
+        arena.add(layout)
     blocks = []
     for layout in layouts:
         params = dict(modules[""].named_parameters()) | dict(modules[""].named_buffers())
