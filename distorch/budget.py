@@ -1,7 +1,10 @@
-"""From what the user asked (virtual VRAM or an expert allocation) to a placement plan.
+"""From what the user asked (auto, virtual VRAM or an expert allocation) to a placement plan.
 
 The compute device's share of the allocation is its weight budget (resident weights + staging ring); every
 other device listed becomes a store for streamed blocks (pinned host RAM for `cpu`, VRAM for a donor GPU).
+``virtual_vram_gb=None`` is the automatic budget, the default: the plan takes what is really free on the compute
+device when the model is loaded for a sampling run, minus the activation memory that run needs
+(:func:`plan_auto`), and streams only the rest.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ class StreamRequest:
     """What a DisTorch loader node was asked for."""
 
     compute_device: str
-    virtual_vram_gb: float
+    virtual_vram_gb: float | None  # None: automatic (plan_auto at each load for sampling)
     donor_device: str
     expert_allocation: str = ""
     ring_slots: int = 2
@@ -28,12 +31,32 @@ class StreamRequest:
     # VRAM a batched cond+uncond forward needs beside the weights; the compute device keeps it free.
     activation_reserve_bytes: int = 0
 
+    @property
+    def auto(self) -> bool:
+        """The automatic budget: no number and no expert allocation given."""
+        return self.virtual_vram_gb is None and not self.expert_allocation.strip()
+
+
+AUTO = "auto"
+
+
+def parse_virtual_vram(value: str | float | int | None) -> float | None:
+    """The node's ``virtual_vram_gb`` input: ``"auto"`` (or empty) -> None, else GB >= 0 (AllocationError naming
+    the bad value otherwise). Numbers from older saved workflows (a float input then) are accepted as they are."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", AUTO)):
+        return None
+    text = value.strip() if isinstance(value, str) else value
+    virtual_vram_bytes(text)  # raises on anything that is not a finite number >= 0
+    return float(text)
+
 
 def compute_shares(request: StreamRequest, model_bytes: int, device_total: Callable[[str], int],
                    available: Sequence[str] | None = None) -> tuple[str, int, list[tuple[str, int]]]:
     """``(compute device, its bytes, [(store device, bytes), ...])``; an expert string wins over the
     one-number form."""
     compute = require_device(request.compute_device, available)
+    if request.auto:
+        raise ValueError("the automatic budget has no fixed shares: plan it with plan_auto")
     if request.expert_allocation.strip():
         allocation = parse_allocation(request.expert_allocation)
     elif compute == canonical_device(request.donor_device) == "cpu":
@@ -104,4 +127,42 @@ def plan_request(
     )
 
 
-__all__ = ["StreamRequest", "apply_topology", "compute_shares", "plan_request", "store_budgets"]
+def plan_auto(
+    request: StreamRequest,
+    blocks: Sequence[tuple[str, int]],
+    other_bytes: int,
+    free_bytes: int,
+    reserve_bytes: int,
+    available: Sequence[str] | None = None,
+    topology: Topology | None = None,
+) -> PlacementPlan:
+    """The automatic budget: weights may take ``free_bytes`` (what the compute device has free for this model,
+    its own current footprint included) minus ``reserve_bytes`` (the activations of the sampling run about to
+    happen); every other block streams from the donor, uncapped. Below the smallest plan that runs, that plan
+    is used and says so (``plan.budget_raised``)."""
+    compute = require_device(request.compute_device, available)
+    donor = require_device(request.donor_device, available)
+    if donor == compute != "cpu":  # cpu/cpu is the CPU-only verification path, as in compute_shares
+        raise AllocationError("the donor device must differ from the compute device", token=donor, position=0,
+                              text=donor, hint="pick cpu (pinned RAM) or another GPU", what="donor device")
+    stores = apply_topology([StoreBudget(donor)], topology)
+    return plan_placement(blocks, other_bytes, compute, max(int(free_bytes), 0), stores,
+                          ring_slots=request.ring_slots, keep_head_blocks=request.keep_head_blocks,
+                          activation_reserve_bytes=max(int(reserve_bytes), 0))
+
+
+def worth_replanning(current: PlacementPlan, candidate: PlacementPlan, free_bytes: int, model_bytes: int) -> bool:
+    """Whether an automatic plan should replace the loaded one (a re-plan moves weights: not for crumbs).
+
+    Yes when the current plan no longer fits what is free (its footprint + reserve over ``free_bytes``), or
+    when the candidate streams at least min(1 GB, 5% of the model) less or more than the current one."""
+    if candidate.streamed == current.streamed:
+        return False
+    if current.device_footprint_bytes + candidate.activation_reserve_bytes > free_bytes and not current.budget_raised:
+        return True
+    threshold = min(10**9, max(model_bytes // 20, 1))
+    return abs(candidate.streamed_bytes - current.streamed_bytes) >= threshold
+
+
+__all__ = ["AUTO", "StreamRequest", "apply_topology", "compute_shares", "parse_virtual_vram", "plan_auto",
+           "plan_request", "store_budgets", "worth_replanning"]

@@ -100,6 +100,20 @@ def device_total_memory(name: str) -> int:
     raise DeviceError(f"cannot tell the memory size of device {device!r}", device=device)
 
 
+def device_free_memory(name: str) -> int:
+    """Bytes free on a present device now: the driver's free memory plus what torch holds cached (CUDA), or
+    available system RAM (``cpu``)."""
+    device = require_device(name)
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        free, _ = torch.cuda.mem_get_info(int(index))
+        cached = torch.cuda.memory_reserved(int(index)) - torch.cuda.memory_allocated(int(index))
+        return int(free + cached)
+    if kind == "cpu":
+        return int(psutil.virtual_memory().available)
+    return device_total_memory(device)
+
+
 PIN_FRACTION = 0.8  # page-locked memory cannot be swapped: leave the OS and other programs a fifth of RAM
 
 

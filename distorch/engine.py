@@ -5,8 +5,9 @@
 arenas belong to the engine and persist across unload/load (streamed blocks re-pinned on load, unpinned on
 unload), so a reload costs no repacking. Streamed tensors are rebound to arena views rather than copied, so
 the host never holds a second copy of the streamed weights. :meth:`StreamingEngine.replan` swaps the plan
-while unloaded (free VRAM changed between prompts): the next load packs only blocks that newly stream and
-drops the packed copy of blocks that became resident; nothing else is repacked.
+while unloaded (free VRAM changed between prompts): the next load packs only blocks that never streamed
+before; a block that became resident keeps its packed copy, unpinned, as its host copy, so nothing is
+ever packed twice.
 """
 from __future__ import annotations
 
@@ -175,20 +176,30 @@ class StreamingEngine:
         self._move_resident(_normalised(offload_device))
         self._compute_device = None
 
-    def _resident_tensors(self) -> Iterator[torch.Tensor]:
+    def _resident_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         streamed = self._tensor_block
         for name, tensor in self.root.named_parameters():
             if name not in streamed:
-                yield tensor
+                yield name, tensor
         for name, tensor in self.root.named_buffers():
             if name not in streamed:
-                yield tensor
+                yield name, tensor
+
+    def _packed_home(self, name: str, device: torch.device) -> torch.Tensor | None:
+        """The packed copy of a tensor of a block that streamed under an earlier plan, if it is on ``device``."""
+        for arena in self._arenas.values():
+            if arena.device == device and name in arena.tensor_names:
+                return arena.view(name)
+        return None
 
     def _move_resident(self, device: torch.device) -> int:
         moved = 0
-        for tensor in self._resident_tensors():
+        for name, tensor in self._resident_tensors():
             if tensor.device != device:
-                tensor.data = tensor.data.to(device)  # .data keeps Parameter objects and their references
+                # A block packed under an earlier plan keeps that copy (unpinned): going back to the host is a
+                # rebind, not a copy, and streaming it again later needs no repacking.
+                home = self._packed_home(name, device)
+                tensor.data = home if home is not None else tensor.data.to(device)  # keeps Parameter objects
             moved += tensor.numel() * tensor.element_size()
         return moved
 
@@ -218,20 +229,23 @@ class StreamingEngine:
         return copied
 
     def _drop_unstreamed_packs(self) -> None:
-        """Free the packed copies of blocks the plan no longer streams from that store (after a re-plan their
-        tensors have moved to the compute device or been packed elsewhere)."""
+        """Free the packed copies of blocks that now stream from ANOTHER store (after a re-plan their tensors
+        were packed there). A block that became resident keeps its pack: it is its host copy."""
         for store, arena in self._arenas.items():
             for block in arena.block_names:
-                if self._store_of.get(block) != store:
+                if block in self._store_of and self._store_of[block] != store:
                     arena.remove(block)
 
     def _pin_arenas(self, device: torch.device) -> None:
+        """Page-lock the streamed blocks only (a block kept packed while resident stays pageable)."""
         if not self.options.pin_host or device.type != "cuda":
             return
         cap = self.options.host_pin_cap_bytes
-        for arena in self._arenas.values():
+        for store, arena in self._arenas.items():
+            streamed = [b for b in arena.block_names if self._store_of.get(b) == store]
+            arena.unpin([b for b in arena.block_names if b not in streamed])
             remaining = None if cap is None else max(cap - REGISTRY.pinned_bytes_total(), 0)
-            arena.pin(cap_bytes=remaining)
+            arena.pin(streamed, cap_bytes=remaining)
 
     # -- streaming ----------------------------------------------------------------------------------
     def _start_streaming(self, device: torch.device) -> int:

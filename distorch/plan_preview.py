@@ -195,9 +195,10 @@ def preview(
     compute_device: str,
     device_totals: dict[str, int],
     allocation_text: str = "",
-    virtual_vram_gb: float = 0.0,
+    virtual_vram_gb: float | None = 0.0,
     donor_device: str = "cpu",
     prefix: str = "",
+    device_free: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """JSON-ready preview: bytes per device (compute resident, streamed per store) and the block plan.
 
@@ -215,16 +216,23 @@ def preview(
 
     totals = {canonical_device(name): int(size) for name, size in device_totals.items()}
     request_args = (compute_device, virtual_vram_gb, donor_device, allocation_text or "")
-    result.update(_planned(layout, totals, request_args))
+    result.update(_planned(layout, totals, request_args, device_free))
     return result
 
 
-def _planned(layout: FileLayout, totals: dict[str, int], request_args: tuple) -> dict[str, Any]:
+def _planned(layout: FileLayout, totals: dict[str, int], request_args: tuple,
+             device_free: dict[str, int] | None) -> dict[str, Any]:
     """The placement the loader nodes would plan for this file."""
-    from .budget import StreamRequest, compute_shares, store_budgets
+    from .budget import StreamRequest, compute_shares, plan_auto, store_budgets
     from .planner import plan_placement
 
     request = StreamRequest(*request_args)
+    if request.auto:
+        # The real plan is made at each sampling run; the preview shows it for the memory free now, before
+        # any activations (it cannot know the latent size).
+        free = (device_free or totals).get(request.compute_device, 0)
+        plan = plan_auto(request, layout.blocks, layout.other_bytes, free, 0, list(totals))
+        return {**_plan_dict(plan, totals, free, [(request.donor_device, plan.streamed_bytes)]), "auto": True}
     compute, budget, shares = compute_shares(request, layout.model_bytes, totals.__getitem__, list(totals))
     plan = plan_placement(layout.blocks, layout.other_bytes, compute, budget,
                           store_budgets(shares),

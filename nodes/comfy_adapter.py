@@ -130,6 +130,49 @@ def memory_path() -> str:
     return f"comfy.memory_management present (dynamic VRAM enabled: {enabled})"
 
 
+def memory_path_line(patcher: Any = None) -> str:
+    """One line for the log and the plan table: which memory path ComfyUI runs and which one a model is on."""
+    line = f"ComfyUI memory path: {memory_path()}"
+    if patcher is not None:
+        line += f"; this model: {type(patcher).__name__}"
+    return line
+
+
+def free_vram(device: torch.device) -> int:
+    """Bytes ComfyUI itself counts as free on ``device`` (the driver's free memory plus torch's cached blocks)."""
+    model_management = importlib.import_module("comfy.model_management")
+    return int(model_management.get_free_memory(device))
+
+
+def inference_headroom() -> int:
+    """What ComfyUI keeps free beyond the activation estimate (its minimum inference memory)."""
+    model_management = importlib.import_module("comfy.model_management")
+    return int(model_management.minimum_inference_memory())
+
+
+def forward_shape(executor: Any, noise: Any) -> tuple[list[int], int] | None:
+    """``(shape of one diffusion forward's input, how many cond entries share it)`` for the sampling run an
+    OUTER_SAMPLE wrapper is about to execute: ComfyUI's calc_cond_batch runs cond and uncond as one batch when
+    memory allows. None when the sampler is not a CFG guider we can read (then the caller assumes a batch of 2)."""
+    guider = getattr(executor, "class_obj", None)
+    conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", None)
+    shape = list(getattr(noise, "shape", ()))
+    if not isinstance(conds, dict) or not shape:
+        return None
+    cfg = float(getattr(guider, "cfg", 1.0))
+    options = getattr(guider, "model_options", {}) or {}
+    uses_uncond = not (abs(cfg - 1.0) < 1e-9 and not options.get("disable_cfg1_optimization", False))
+    entries = len(conds.get("positive") or ()) + (len(conds.get("negative") or ()) if uses_uncond else 0)
+    return shape, max(entries, 1)
+
+
+def activation_bytes(model: Any, shape: list[int]) -> int | None:
+    """ComfyUI's own estimate of a forward's activation memory for an input of ``shape``; None if the model has
+    no estimate."""
+    memory_required = getattr(model, "memory_required", None)
+    return None if memory_required is None else int(memory_required(shape))
+
+
 def is_dynamic_patcher(patcher: Any) -> bool:
     """True for newer ComfyUI's ModelPatcherDynamic (Dynamic VRAM), which manages weight residency itself."""
     try:

@@ -1,9 +1,10 @@
 """DisTorch loader nodes: a core loader's model, with part of its weights streamed to the compute device.
 
 Each node keeps the core loader's inputs (derived at import, so new core inputs appear) and adds
-`compute_device`, `virtual_vram_gb` (GB, 1e9 bytes, of weights to keep off the compute device),
-`donor_device` (where those weights live: `cpu` = pinned host RAM, or another GPU) and `expert_allocation`
-(e.g. `cuda:0,8gb;cpu,*`; when not empty it wins over the one-number form). The plan is printed as a table.
+`compute_device`, `virtual_vram_gb` (`auto`, the default: use what is free on the compute device at each
+sampling run; or GB, 1e9 bytes, of weights to keep off the compute device), `donor_device` (where those weights
+live: `cpu` = pinned host RAM, or another GPU) and `expert_allocation` (e.g. `cuda:0,8gb;cpu,*`; when not empty
+it wins over both). The plan is printed as a table, with the memory path ComfyUI runs.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from ..distorch.allocation import parse_allocation
-from ..distorch.budget import StreamRequest, compute_shares, plan_request
+from ..distorch.budget import AUTO, StreamRequest, compute_shares, parse_virtual_vram, plan_auto, plan_request
 from ..distorch.errors import AllocationError
 from ..distorch.devices import available_devices, default_pin_cap, device_total_memory
 from ..distorch.engine import EngineOptions
@@ -22,6 +23,7 @@ from ..distorch.layout import layout_model
 from ..distorch.planner import PlacementPlan
 from ..distorch.topology import Topology, probe_topology
 from . import comfy_adapter
+from .auto_budget import AutoBudget, default_reserve
 from .device_loaders import check_device_name
 from .streaming_patcher import StreamingModelPatcher
 
@@ -44,8 +46,10 @@ def streaming_inputs() -> dict[str, tuple]:
     return {
         "compute_device": (devices, {"default": compute_default,
                                      "tooltip": "GPU that runs the model; streamed weights are copied here"}),
-        "virtual_vram_gb": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 1024.0, "step": 0.01, "round": 0.001,
-                                      "tooltip": "GB (1e9 bytes) of weights kept off the compute device"}),
+        "virtual_vram_gb": ("STRING", {"default": AUTO, "multiline": False,
+                                       "tooltip": "auto: weights use the VRAM that is free at each sampling run, "
+                                                  "minus what that run's activations need; or a number: GB (1e9 "
+                                                  "bytes) of weights kept off the compute device"}),
         "donor_device": (devices, {"default": "cpu",
                                    "tooltip": "where the off-device weights live: cpu = pinned RAM, or a GPU"}),
         "expert_allocation": ("STRING", {"default": "", "multiline": False,
@@ -53,11 +57,16 @@ def streaming_inputs() -> dict[str, tuple]:
     }
 
 
-def validate_streaming_inputs(compute_device: str, donor_device: str, expert_allocation: str) -> bool | str:
+def validate_streaming_inputs(compute_device: str, donor_device: str, expert_allocation: str,
+                              virtual_vram_gb: str = AUTO) -> bool | str:
     for device in (compute_device, donor_device):
         verdict = check_device_name(device)
         if verdict is not True:
             return verdict
+    try:
+        parse_virtual_vram(virtual_vram_gb)
+    except AllocationError as error:
+        return str(error)
     if (expert_allocation or "").strip():
         try:
             parse_allocation(expert_allocation)
@@ -69,7 +78,7 @@ def validate_streaming_inputs(compute_device: str, donor_device: str, expert_all
 def request_from(kwargs: dict[str, Any]) -> StreamRequest:
     return StreamRequest(
         compute_device=kwargs.pop("compute_device"),
-        virtual_vram_gb=float(kwargs.pop("virtual_vram_gb")),
+        virtual_vram_gb=parse_virtual_vram(kwargs.pop("virtual_vram_gb", AUTO)),
         donor_device=kwargs.pop("donor_device"),
         expert_allocation=kwargs.pop("expert_allocation", "") or "",
     )
@@ -85,35 +94,45 @@ def link_topology(request: StreamRequest, model_bytes: int) -> Topology | None:
     """Measured links from the stores to a GPU compute device (probed once per process); None on CPU."""
     if not request.compute_device.startswith("cuda"):
         return None
+    if request.auto:
+        return probe_topology(request.compute_device, [request.donor_device])
     compute, _, shares = compute_shares(request, model_bytes, device_total_memory)
     return probe_topology(compute, [device for device, _ in shares])
 
 
-def activation_reserve(model: Any) -> int:
-    """VRAM ComfyUI needs free to run cond and uncond as ONE batched forward (its test in calc_cond_batch:
-    memory_required * 1.5 < free), estimated at 1024x1024, batch 2; 0 for models without the estimate."""
-    memory_required = getattr(model, "memory_required", None)
-    latent_format = getattr(model, "latent_format", None)
-    if memory_required is None or latent_format is None:
-        return 0
-    channels = getattr(latent_format, "latent_channels", 4)
-    return int(memory_required([2, channels, 128, 128]) * 1.5)
+def auto_budget_for(root: torch.nn.Module, request: StreamRequest) -> AutoBudget:
+    """What the automatic budget re-plans with at each load: the model's layout, its links, a first reserve."""
+    layout = layout_model(root)
+    return AutoBudget(request, tuple(layout.block_sizes), layout.other_bytes, layout.total_bytes,
+                      link_topology(request, layout.total_bytes), default_reserve(root))
 
 
 def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions | None = None) -> StreamingModelPatcher:
     """Wrap a freshly loaded ModelPatcher so its model streams by the requested plan (engine options: the
-    defaults with the request's ring, unless given)."""
+    defaults with the request's ring, unless given). With the automatic budget the plan printed now is for the
+    VRAM free now; the model re-plans when it is loaded for sampling (StreamingModelPatcher)."""
     if comfy_adapter.is_dynamic_patcher(patcher):
-        log.warning("[DisTorch] %s came with ComfyUI's Dynamic VRAM patcher (%s); DisTorch streaming replaces it "
-                    "with its own classic ModelPatcher subclass, so Dynamic VRAM does not manage this model. "
-                    "Verified on ComfyUI's classic memory path only.", type(patcher.model).__name__,
-                    comfy_adapter.memory_path())
-    if not request.activation_reserve_bytes:
-        request = dataclasses.replace(request, activation_reserve_bytes=activation_reserve(patcher.model))
-    plan = plan_for_module(patcher.model, request)
-    log.info("[DisTorch] %s: compute on %s\n%s", type(patcher.model).__name__, request.compute_device, plan.table())
+        log.info("[DisTorch] %s came with ComfyUI's Dynamic VRAM patcher; DisTorch streams it through its own "
+                 "ModelPatcher subclass instead, beside Dynamic VRAM managing the other models",
+                 type(patcher.model).__name__)
+    auto = None
+    if request.auto:
+        auto = auto_budget_for(patcher.model, request)
+        free = comfy_adapter.free_vram(torch.device(request.compute_device))
+        plan = plan_auto(request, auto.blocks, auto.other_bytes, free, auto.reserve_bytes, topology=auto.topology)
+        heading = f"automatic budget, planned for {free / 1e9:.2f} GB free now; re-planned at each sampling run"
+    else:
+        if not request.activation_reserve_bytes:
+            request = dataclasses.replace(request, activation_reserve_bytes=default_reserve(patcher.model))
+        plan = plan_for_module(patcher.model, request)
+        heading = f"virtual_vram_gb {request.virtual_vram_gb}" if not request.expert_allocation.strip() else \
+            f"allocation {request.expert_allocation.strip()}"
+    log.info("[DisTorch] %s: compute on %s, %s\n%s\n%s", type(patcher.model).__name__, request.compute_device,
+             heading, plan.table(), comfy_adapter.memory_path_line(patcher))
+    if plan.budget_raised:
+        log.warning("[DisTorch] %s", plan.raised_message())
     options = options or EngineOptions(ring_slots=request.ring_slots, host_pin_cap_bytes=default_pin_cap())
-    return StreamingModelPatcher.wrap(patcher, plan, options, torch.device(request.compute_device))
+    return StreamingModelPatcher.wrap(patcher, plan, options, torch.device(request.compute_device), auto=auto)
 
 
 def _stream_output(outputs: tuple, index: int, kind: str, request: StreamRequest) -> tuple:
@@ -140,10 +159,11 @@ def make_variant(core_name: str, core_cls: type) -> type:
         schema["required"].update(streaming_inputs())
         return schema
 
-    def validate_inputs(cls, compute_device: str, donor_device: str, expert_allocation: str = "") -> bool | str:
+    def validate_inputs(cls, compute_device: str, donor_device: str, expert_allocation: str = "",
+                        virtual_vram_gb: str = AUTO) -> bool | str:
         # Naming the device inputs makes ComfyUI skip its combo check, so an absent device reaches load()
-        # and fails there naming it; a malformed allocation is refused when the prompt is queued.
-        return validate_streaming_inputs(compute_device, donor_device, expert_allocation)
+        # and fails there naming it; a malformed allocation or budget is refused when the prompt is queued.
+        return validate_streaming_inputs(compute_device, donor_device, expert_allocation, virtual_vram_gb)
 
     def load(self, **kwargs):
         request = request_from(kwargs)

@@ -16,7 +16,8 @@ from typing import Any, Callable
 from aiohttp import web
 
 from ..distorch import plan_preview
-from ..distorch.devices import available_devices, device_total_memory
+from ..distorch.budget import AUTO, parse_virtual_vram
+from ..distorch.devices import available_devices, device_free_memory, device_total_memory
 from ..distorch.errors import AllocationError, DistorchError
 
 log = logging.getLogger("distorch")
@@ -47,6 +48,10 @@ def device_memory(device: str) -> dict[str, Any]:
 
 def device_totals() -> dict[str, int]:
     return {device: device_total_memory(device) for device in available_devices()}
+
+
+def device_free() -> dict[str, int]:
+    return {device: device_free_memory(device) for device in available_devices()}
 
 
 def _error(status: int, message: str, token: str | None = None, position: int | None = None,
@@ -85,8 +90,9 @@ def preview_for(body: dict[str, Any]) -> dict[str, Any]:
     result = plan_preview.preview(
         paths, compute_device=str(body.get("compute_device", "cpu")), device_totals=device_totals(),
         allocation_text=str(body.get("expert_allocation") or ""),
-        virtual_vram_gb=body.get("virtual_vram_gb", 0.0), donor_device=str(body.get("donor_device", "cpu")),
-        prefix=MODEL_FOLDERS[folder],
+        virtual_vram_gb=parse_virtual_vram(body.get("virtual_vram_gb", AUTO)),
+        donor_device=str(body.get("donor_device", "cpu")),
+        prefix=MODEL_FOLDERS[folder], device_free=device_free(),
     )
     result["model_folder"] = folder
     return result

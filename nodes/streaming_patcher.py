@@ -13,6 +13,9 @@ how the model's weights reach the compute device and nothing else:
 - A patch change on a loaded model (new LoRA strength) re-patches only the keys whose patch list changed.
 - `partially_unload` cannot give back part of the model (the plan is fixed at load); it frees nothing, and
   ComfyUI then unloads the model completely, which the engine does cleanly.
+- With the automatic budget, `model_size()` is the whole model (so ComfyUI makes room as for any model), and
+  each load for sampling re-plans from the VRAM really free then, minus what that run's activations need
+  (nodes.auto_budget); the arena is kept, only blocks that change role move.
 """
 from __future__ import annotations
 
@@ -29,9 +32,12 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.utils
 
+from ..distorch.budget import plan_auto, worth_replanning
 from ..distorch.engine import EngineOptions, StreamingEngine
 from ..distorch.planner import PlacementPlan
 from ..distorch.registry import REGISTRY
+from . import comfy_adapter
+from .auto_budget import AutoBudget, note_sampling_run
 
 log = logging.getLogger("distorch")
 
@@ -46,6 +52,7 @@ class StreamingState:
     plan: PlacementPlan
     engine: StreamingEngine
     options: EngineOptions
+    auto: AutoBudget | None = None  # the automatic budget; None for a fixed plan
     # key -> the patch list baked into the weights now; holding the list keeps ids of its objects stable.
     applied: dict[str, tuple] = field(default_factory=dict)
 
@@ -72,7 +79,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
 
     @classmethod
     def wrap(cls, base: comfy.model_patcher.ModelPatcher, plan: PlacementPlan, options: EngineOptions,
-             compute_device: torch.device) -> "StreamingModelPatcher":
+             compute_device: torch.device, auto: AutoBudget | None = None) -> "StreamingModelPatcher":
         base.detach()
         patcher = cls(base.model, compute_device, torch.device("cpu"), weight_inplace_update=base.weight_inplace_update)
         patcher.patches = {k: v[:] for k, v in base.patches.items()}
@@ -83,7 +90,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         # non-block parts (model_sampling buffers...) move to the compute device as in a full load.
         if options.forward_root is None and isinstance(getattr(base.model, "diffusion_model", None), torch.nn.Module):
             options = dataclasses.replace(options, forward_root="diffusion_model")  # one call = one forward
-        patcher._attach(StreamingState(plan, StreamingEngine(base.model, plan, options), options))
+        patcher._attach(StreamingState(plan, StreamingEngine(base.model, plan, options), options, auto))
         return patcher
 
     def _attach(self, state: StreamingState) -> None:
@@ -99,12 +106,14 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
             n.distorch = self.distorch  # one nn.Module, one engine
         else:  # a deep copy (newer ComfyUI's force_deepcopy / model_override): its own engine, same plan
             state = self.distorch
-            n._attach(StreamingState(state.plan, StreamingEngine(n.model, state.plan, state.options), state.options))
+            n._attach(StreamingState(state.plan, StreamingEngine(n.model, state.plan, state.options), state.options,
+                                     dataclasses.replace(state.auto) if state.auto else None))
         return n
 
     # --- what ComfyUI's memory manager reads --------------------------------------------------------
     def model_size(self) -> int:
-        return self.distorch.plan.device_footprint_bytes
+        auto = self.distorch.auto
+        return auto.model_bytes if auto is not None else self.distorch.plan.device_footprint_bytes
 
     def get_ram_usage(self) -> int:
         return comfy.model_management.module_size(self.model)
@@ -132,6 +141,8 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         with self.use_ejected(skip_and_inject_on_exit_only=True):
             before = self.model.model_loaded_weight_memory if self.distorch.engine.is_loaded else 0
             self.patch_model(load_weights=False)
+            if self.distorch.auto is not None:
+                self._replan_for_free_vram(torch.device(device_to))
             if not self.distorch.engine.is_loaded or self.model.current_weight_patches_uuid != self.patches_uuid:
                 try:
                     self.load(device_to)
@@ -158,6 +169,32 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         for k in list(self.object_patches_backup.keys()):
             comfy.utils.set_attr(self.model, k, self.object_patches_backup[k])
         self.object_patches_backup.clear()
+
+    # --- the automatic budget ---------------------------------------------------------------------------
+    def _replan_for_free_vram(self, device: torch.device) -> None:
+        """Plan from what is free now (our own footprint counts as free) minus this run's activation reserve;
+        switch plans when worth it. A loaded engine is unloaded first; the next load moves only what changed."""
+        state, auto = self.distorch, self.distorch.auto
+        engine = state.engine
+        held = state.plan.device_footprint_bytes if engine.is_loaded else 0
+        free = comfy_adapter.free_vram(device) + held
+        candidate = plan_auto(auto.request, auto.blocks, auto.other_bytes, free, auto.reserve_bytes,
+                              topology=auto.topology)
+        if candidate.streamed == state.plan.streamed:
+            return
+        if engine.is_loaded:
+            if not worth_replanning(state.plan, candidate, free, auto.model_bytes):
+                return
+            self._restore_all_backups()  # the next load re-applies patches on the new plan
+            engine.unload(self.offload_device)
+            self.model.model_loaded_weight_memory = 0
+        engine.replan(candidate)
+        state.plan = candidate
+        log.info("[DisTorch] %s: automatic budget re-planned for %.2f GB free on %s, %.2f GB kept for %s\n%s",
+                 type(self.model).__name__, free / 1e9, device, auto.reserve_bytes / 1e9, auto.reserve_reason,
+                 candidate.table())
+        if candidate.budget_raised:
+            log.warning("[DisTorch] %s", candidate.raised_message())
 
     # --- weight patches -------------------------------------------------------------------------------
     def _streamed_keys(self) -> frozenset[str]:
@@ -220,7 +257,10 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
 
 
 def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):
-    """Telemetry per prompt: reset before sampling, one console line and a registry record after it."""
+    """Telemetry per prompt: reset before sampling, one console line and a registry record after it. With the
+    automatic budget it also sizes the activation reserve for this run before ComfyUI loads the model."""
+    if state.auto is not None and args:
+        note_sampling_run(state.auto, state.engine.root, executor, args[0])
     state.engine.telemetry.summary()  # drop what earlier, unreported forwards left behind
     try:
         return executor(*args, **kwargs)

@@ -41,15 +41,20 @@ def test_an_absent_donor_device_fails_naming_it(server: ComfyServer, fresh_seed:
     assert "'cuda:5'" in error["exception_message"] and "available: cpu" in error["exception_message"]
 
 
-def test_a_virtual_vram_too_large_for_the_head_block_fails_with_the_minimum_budget(
+def test_a_virtual_vram_too_large_runs_with_the_minimum_budget_and_warns_with_both_numbers(
         server: ComfyServer, fresh_seed: int) -> None:
-    error = _failed(server, _graph(fresh_seed, virtual_vram_gb=5.0))
-    assert error["exception_type"].endswith("BudgetError")
-    assert "minimum budget" in error["exception_message"]
+    entry = server.run_prompt(_graph(fresh_seed, virtual_vram_gb="5.0"))
+    assert entry["status"]["status_str"] == "success", execution_error(entry)
+    assert "is below the minimum" in server.log_tail(400) and "running with the minimum" in server.log_tail(400)
+
+
+def test_a_malformed_virtual_vram_is_refused_at_queue_time_naming_it(server: ComfyServer, fresh_seed: int) -> None:
+    with pytest.raises(ServerError, match=r"virtual VRAM must be a finite number of GB >= 0.*'lots'"):
+        server.queue_prompt(_graph(fresh_seed, virtual_vram_gb="lots"))
 
 
 def test_the_prompt_after_each_kind_of_bad_input_runs_normally(server: ComfyServer, fresh_seed: int) -> None:
-    for bad in ({"expert_allocation": "cpu,999tb"}, {"donor_device": "cuda:5"}, {"virtual_vram_gb": 5.0}):
+    for bad in ({"expert_allocation": "cpu,999tb"}, {"donor_device": "cuda:5"}, {"virtual_vram_gb": "5.0"}):
         server.run_prompt(_graph(fresh_seed, **bad))
         fresh_seed += 1
         entry = server.run_prompt(_graph(fresh_seed))

@@ -57,3 +57,56 @@ def test_a_budget_too_small_runs_with_the_minimum_and_says_so():
     p = plan(virtual_vram_gb=20.5)  # 0.5 GB left on the device: below non-block modules + a ring of 2 blocks
     assert p.budget_raised and p.raised_from_bytes == int(0.5 * GB)
     assert p.device_footprint_bytes == OTHER + 2 * GB and len(p.streamed) == len(BLOCKS)
+
+
+# --- the automatic budget ---------------------------------------------------------------------------------
+from distorch.budget import parse_virtual_vram, plan_auto, worth_replanning  # noqa: E402
+
+
+def auto(free_gb: float, reserve_gb: float = 0.0, **kwargs):
+    request = StreamRequest(**{"compute_device": "cuda:0", "virtual_vram_gb": None, "donor_device": "cpu", **kwargs})
+    return plan_auto(request, BLOCKS, OTHER, int(free_gb * GB), int(reserve_gb * GB), AVAILABLE)
+
+
+def test_auto_is_the_absence_of_a_number_and_of_an_expert_allocation():
+    assert StreamRequest("cuda:0", None, "cpu").auto
+    assert not StreamRequest("cuda:0", 4.0, "cpu").auto
+    assert not StreamRequest("cuda:0", None, "cpu", expert_allocation="cuda:0,8gb;cpu,*").auto
+
+
+@pytest.mark.parametrize("text,value", [("auto", None), ("AUTO ", None), ("", None), (None, None), ("4", 4.0),
+                                        (" 12.5 ", 12.5), (0.0, 0.0), (7, 7.0)])
+def test_the_virtual_vram_input_reads_auto_or_a_number_of_gb(text, value):
+    assert parse_virtual_vram(text) == value
+
+
+@pytest.mark.parametrize("text", ["-1", "lots", "nan", "inf"])
+def test_a_bad_virtual_vram_input_is_an_error_naming_it(text):
+    with pytest.raises(AllocationError, match="virtual VRAM"):
+        parse_virtual_vram(text)
+
+
+def test_auto_keeps_everything_resident_when_the_model_and_the_activations_fit():
+    p = auto(free_gb=30, reserve_gb=4)
+    assert p.streamed == () and p.device_footprint_bytes == 21 * GB
+
+
+def test_auto_streams_only_what_does_not_fit_beside_the_activation_reserve():
+    p = auto(free_gb=16, reserve_gb=3)
+    assert p.device_footprint_bytes + 3 * GB <= 16 * GB
+    assert p.device_footprint_bytes + 3 * GB > 15 * GB  # within a block of what is free: nothing wasted
+    assert p.activation_reserve_bytes == 3 * GB and {s for _, s in p.streamed} == {"cpu"}
+
+
+def test_auto_below_the_minimum_runs_with_the_minimum():
+    p = auto(free_gb=2, reserve_gb=1.5)
+    assert p.budget_raised and p.device_footprint_bytes == OTHER + 2 * GB
+
+
+def test_a_replan_happens_when_the_plan_no_longer_fits_or_moves_a_lot_of_weights_not_for_crumbs():
+    model_bytes = 21 * GB
+    current = auto(free_gb=16, reserve_gb=3)
+    assert not worth_replanning(current, auto(free_gb=16, reserve_gb=3), 16 * GB, model_bytes)
+    assert not worth_replanning(current, auto(free_gb=16.5, reserve_gb=3), int(16.5 * GB), model_bytes)
+    assert worth_replanning(current, auto(free_gb=20, reserve_gb=3), 20 * GB, model_bytes)
+    assert worth_replanning(current, auto(free_gb=12, reserve_gb=3), 12 * GB, model_bytes)

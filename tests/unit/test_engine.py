@@ -132,7 +132,7 @@ def test_a_plan_that_streams_nothing_just_moves_the_model():
     assert torch.equal(run(model, xs)[0], reference_outputs(torch.float32, xs)[0])
 
 
-def test_a_replan_packs_only_newly_streamed_blocks_and_drops_the_rest_with_outputs_unchanged():
+def test_a_replan_packs_only_blocks_never_packed_before_and_outputs_stay_unchanged():
     xs = inputs(torch.bfloat16, count=2)
     expected = reference_outputs(torch.bfloat16, xs)
     model = make_model(torch.bfloat16)
@@ -152,10 +152,14 @@ def test_a_replan_packs_only_newly_streamed_blocks_and_drops_the_rest_with_outpu
         size for name, size in second.block_sizes if name in set(second.streamed_names) - set(first.streamed_names))
     assert all(torch.equal(a, b) for a, b in zip(run(model, xs), expected))
     engine.unload("cpu")
-    engine.replan(first)  # back to fewer streamed blocks: the packs of the others are dropped
+    engine.replan(first)  # back to fewer streamed blocks: the others keep their packs as their host copy
     engine.load("cpu")
-    assert set(arena.block_names) == set(first.streamed_names)
+    assert set(arena.block_names) == set(second.streamed_names) and engine.load_stats.packed_bytes == 0
     assert all(torch.equal(a, b) for a, b in zip(run(model, xs), expected))
+    engine.unload("cpu")  # unloading rebinds the resident-but-packed blocks to their packs: no host copy twice
+    everything = dict(model.named_parameters())
+    packed = [t for t in everything if any(t.startswith(name + ".") for name in second.streamed_names)]
+    assert packed and all(arena.contains(everything[t]) for t in packed)
 
 
 def test_replan_refuses_a_loaded_engine():

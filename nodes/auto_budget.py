@@ -1,0 +1,61 @@
+"""The automatic weight budget of the streaming loaders: how much VRAM a sampling run's activations need.
+
+The plan itself is the engine's (``distorch.budget.plan_auto``); what it needs from ComfyUI is read here, at the
+moment a sampling run starts (the OUTER_SAMPLE wrapper runs before ComfyUI loads the model for it): the shape
+of one diffusion forward, and whether ComfyUI will run cond and uncond as one batch. ComfyUI's calc_cond_batch
+batches them only when ``memory_required(batched shape) * 1.5`` is below the free memory, so that is what the
+plan keeps free, and never less than the estimate plus ComfyUI's minimum inference memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..distorch.budget import StreamRequest
+from ..distorch.topology import Topology
+from . import comfy_adapter
+
+BATCH_MARGIN = 1.5  # calc_cond_batch: memory_required(batch) * 1.5 < free memory, or the batch is split
+DEFAULT_LATENT_SIDE = 128  # a 1024x1024 image, until a sampling run says otherwise
+
+
+@dataclass
+class AutoBudget:
+    """What a model on the automatic budget re-plans with at each load."""
+
+    request: StreamRequest
+    blocks: tuple[tuple[str, int], ...]
+    other_bytes: int
+    model_bytes: int
+    topology: Topology | None
+    reserve_bytes: int  # VRAM kept free for activations at the next load (updated by each sampling run)
+    reserve_reason: str = "a batched cond+uncond forward at 1024x1024 (until a sampling run says otherwise)"
+
+
+def reserve_for(model: Any, shape: list[int], entries: int) -> int:
+    """VRAM to keep free so that ``entries`` conds of a forward input of ``shape`` run as one batch."""
+    batched = [shape[0] * entries, *shape[1:]]
+    need = comfy_adapter.activation_bytes(model, batched)
+    if need is None:
+        return 0
+    return max(int(need * BATCH_MARGIN), need + comfy_adapter.inference_headroom())
+
+
+def default_reserve(model: Any) -> int:
+    """The reserve before any sampling run was seen: cond and uncond batched at 1024x1024 (0 for models without
+    an activation estimate or a latent format)."""
+    latent_format = getattr(model, "latent_format", None)
+    if latent_format is None or getattr(model, "memory_required", None) is None:
+        return 0
+    channels = getattr(latent_format, "latent_channels", 4)
+    return reserve_for(model, [1, channels, DEFAULT_LATENT_SIDE, DEFAULT_LATENT_SIDE], 2)
+
+
+def note_sampling_run(auto: AutoBudget, model: Any, executor: Any, noise: Any) -> None:
+    """Called as a sampling run starts, before its load: size the reserve for this run's forwards."""
+    found = comfy_adapter.forward_shape(executor, noise)
+    if found is None:
+        return
+    shape, entries = found
+    auto.reserve_bytes = reserve_for(model, shape, entries)
+    auto.reserve_reason = f"{entries} cond(s) of a {'x'.join(map(str, shape))} latent in one forward"

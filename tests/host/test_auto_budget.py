@@ -1,0 +1,125 @@
+"""The automatic budget (virtual_vram_gb "auto", the default) inside a real ComfyUI, in process.
+
+On CPU the compute device is ComfyUI's CPU, whose "free memory" is the system's; the tests replace the one
+function the patcher asks for free VRAM (nodes.comfy_adapter.free_vram) to play a smaller card, and check
+that each sampling run plans from what is free then, keeps the activations of THAT run free, re-plans when free
+memory changed without repacking what was packed, and always gives the resident result bit for bit.
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+CKPT = "distorch-tiny-sd15.safetensors"
+
+
+def _node(comfy_nodes, node_id: str, **inputs):
+    cls = comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
+    return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
+@pytest.fixture(scope="module")
+def adapter(comfy_nodes):
+    package = comfy_nodes.NODE_CLASS_MAPPINGS["DisTorchCheckpointLoader"].__module__.rpartition(".")[0]
+    return sys.modules[package + ".comfy_adapter"]
+
+
+@pytest.fixture(scope="module")
+def sd(comfy_nodes):
+    model, clip, _ = _node(comfy_nodes, "CheckpointLoaderSimple", ckpt_name=CKPT)
+    (pos,) = _node(comfy_nodes, "CLIPTextEncode", clip=clip, text="a cat")
+    (neg,) = _node(comfy_nodes, "CLIPTextEncode", clip=clip, text="")
+    return model, pos, neg
+
+
+def _sample(comfy_nodes, model, pos, neg, cfg: float) -> torch.Tensor:
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    (out,) = comfy_nodes.common_ksampler(model, 42, 2, cfg, "euler", "simple", pos, neg, latent)
+    return out["samples"]
+
+
+@pytest.fixture
+def card(adapter, monkeypatch):
+    """A card with ``card.free`` bytes for the model under test: what the driver reports is that minus what the
+    model itself holds while loaded (set ``card.model``)."""
+    class Card:
+        free = 10**12
+        model = None
+
+        @classmethod
+        def driver_free(cls, device) -> int:
+            state = cls.model.distorch if cls.model is not None else None
+            held = state.plan.device_footprint_bytes if state is not None and state.engine.is_loaded else 0
+            return cls.free - held
+
+    monkeypatch.setattr(adapter, "free_vram", Card.driver_free)
+    return Card
+
+
+def _auto_model(comfy_nodes):
+    import comfy.model_management
+
+    device = str(comfy.model_management.get_torch_device())
+    model, _, _ = _node(comfy_nodes, "DisTorchCheckpointLoader", ckpt_name=CKPT, compute_device=device,
+                        virtual_vram_gb="auto", donor_device="cpu", expert_allocation="")
+    return model
+
+
+def test_auto_is_the_default_and_plans_from_free_memory_at_each_sampling_run(comfy_nodes, sd, card):
+    import comfy.model_management as mm
+
+    base, pos, neg = sd
+    resident = _sample(comfy_nodes, base, pos, neg, cfg=3.0)
+    spec = comfy_nodes.NODE_CLASS_MAPPINGS["DisTorchCheckpointLoader"].INPUT_TYPES()["required"]["virtual_vram_gb"]
+    assert spec[1]["default"] == "auto"
+    model = card.model = _auto_model(comfy_nodes)
+    state = model.distorch
+    assert model.model_size() == state.auto.model_bytes  # ComfyUI makes room as for the whole model
+
+    card.free = 10**12  # everything fits
+    assert torch.equal(_sample(comfy_nodes, model, pos, neg, cfg=3.0), resident)
+    assert state.plan.streamed == ()
+    roomy = state.auto.reserve_bytes + 2 * state.auto.model_bytes  # this run's reserve is known now
+
+    card.free = state.auto.other_bytes + state.auto.reserve_bytes + state.auto.model_bytes // 3  # a small card
+    assert torch.equal(_sample(comfy_nodes, model, pos, neg, cfg=3.0), resident)
+    assert state.plan.streamed and not state.plan.budget_raised
+    assert state.plan.device_footprint_bytes + state.plan.activation_reserve_bytes <= card.free
+    packed = {name: state.engine._arenas[torch.device("cpu")].segment(name).data_ptr()
+              for name in state.plan.streamed_names}
+
+    card.free = roomy  # the card is free again: everything resident, nothing repacked
+    assert torch.equal(_sample(comfy_nodes, model, pos, neg, cfg=3.0), resident)
+    assert state.plan.streamed == ()
+    card.free = state.auto.other_bytes + state.auto.reserve_bytes + state.auto.model_bytes // 3
+    assert torch.equal(_sample(comfy_nodes, model, pos, neg, cfg=3.0), resident)
+    assert {n: state.engine._arenas[torch.device("cpu")].segment(n).data_ptr()
+            for n in state.plan.streamed_names} == packed
+    mm.unload_all_models()
+
+
+def test_the_reserve_is_sized_for_the_run_about_to_sample(comfy_nodes, sd, card):
+    import comfy.model_management as mm
+
+    _, pos, neg = sd
+    model = _auto_model(comfy_nodes)
+    auto = model.distorch.auto
+    _sample(comfy_nodes, model, pos, neg, cfg=3.0)
+    batched = auto.reserve_bytes
+    assert "2 cond(s) of a 1x4x8x8 latent" in auto.reserve_reason
+    _sample(comfy_nodes, model, pos, neg, cfg=1.0)  # cfg 1: ComfyUI skips the uncond
+    assert "1 cond(s)" in auto.reserve_reason and 0 < auto.reserve_bytes <= batched
+    mm.unload_all_models()
+
+
+def test_a_card_smaller_than_the_minimum_still_runs_exactly(comfy_nodes, sd, card):
+    import comfy.model_management as mm
+
+    base, pos, neg = sd
+    model = card.model = _auto_model(comfy_nodes)
+    card.free = 1
+    assert torch.equal(_sample(comfy_nodes, model, pos, neg, cfg=3.0), _sample(comfy_nodes, base, pos, neg, cfg=3.0))
+    assert model.distorch.plan.budget_raised
+    mm.unload_all_models()
