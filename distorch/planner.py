@@ -13,7 +13,7 @@ but never add to its rate. The expected transfer per forward is the slowest grou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .errors import BudgetError
 
@@ -185,6 +185,27 @@ def _needed_bytes(sizes: Sequence[int], streamed: Sequence[int], fixed: int, rin
     return resident + slots * slot_bytes, slot_bytes, slots
 
 
+def _head_count(keep_head_blocks: int, block_count: int) -> int:
+    return min(max(keep_head_blocks, 0), block_count)
+
+
+def _streamed_choices(block_count: int, head: int) -> Iterator[list[int]]:
+    """The streamed block indices the planner tries, fewest first: none, then 1, 2, ... spread evenly."""
+    candidates = list(range(head, block_count))
+    for count in range(len(candidates) + 1):
+        yield [candidates[i] for i in spread_evenly(count, len(candidates))]
+
+
+def minimum_weight_budget(blocks: Sequence[tuple[str, int]], other_bytes: int, ring_slots: int = 3,
+                          keep_head_blocks: int = 1, activation_reserve_bytes: int = 0) -> int:
+    """The smallest weight budget :func:`plan_placement` accepts for these blocks: it plans exactly when
+    ``budget >= minimum_weight_budget(...)`` (same ring and head arguments)."""
+    sizes = [nbytes for _, nbytes in blocks]
+    fixed = other_bytes + activation_reserve_bytes
+    return min(_needed_bytes(sizes, chosen, fixed, ring_slots)[0]
+               for chosen in _streamed_choices(len(sizes), _head_count(keep_head_blocks, len(sizes))))
+
+
 def plan_placement(
     blocks: Sequence[tuple[str, int]],
     other_bytes: int,
@@ -200,20 +221,15 @@ def plan_placement(
         raise ValueError(f"ring_slots must be at least 1, got {ring_slots}")
     names = [name for name, _ in blocks]
     sizes = [nbytes for _, nbytes in blocks]
-    head = min(max(keep_head_blocks, 0), len(blocks))
-    candidates = list(range(head, len(blocks)))
+    head = _head_count(keep_head_blocks, len(blocks))
     fixed = other_bytes + activation_reserve_bytes
 
-    chosen: list[int] = []
-    needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
-    lowest = needed
-    for count in range(1, len(candidates) + 1):
+    for chosen in _streamed_choices(len(blocks), head):
+        needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
         if needed <= weight_budget_bytes:
             break
-        chosen = [candidates[i] for i in spread_evenly(count, len(candidates))]
-        needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
-        lowest = min(lowest, needed)
-    if needed > weight_budget_bytes:
+    else:
+        lowest = minimum_weight_budget(blocks, other_bytes, ring_slots, keep_head_blocks, activation_reserve_bytes)
         raise BudgetError(
             f"weight budget {weight_budget_bytes} bytes on {compute_device} cannot hold non-block modules "
             f"({other_bytes} bytes) + {head} head block(s) + activation reserve ({activation_reserve_bytes} bytes) "
