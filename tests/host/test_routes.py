@@ -47,11 +47,22 @@ def test_devices_route_lists_cpu_with_its_memory(server):
     assert cpu["total_bytes"] > 0 and 0 <= cpu["free_bytes"] <= cpu["total_bytes"]
 
 
-def test_preview_of_tiny_flux_puts_every_tensor_byte_on_a_device(server, models):
+def test_preview_of_tiny_flux_puts_every_byte_of_the_loaded_model_on_a_device(server, models):
     status, body = call(server, "POST", "/distorch/preview", flux_request())
     assert status == 200, body
-    assert sum(body["bytes_by_device"].values()) == file_tensor_bytes(models["flux_tiny"]) == body["model_bytes"]
+    assert sum(body["bytes_by_device"].values()) == body["model_bytes"]
     assert [name for name in body["plan"]["resident"]] == ["double_blocks.0", "single_blocks.0"]
+    # the file is bf16; ComfyUI loads it in fp32 on this CPU server, so the plan places twice the file's bytes
+    assert body["loaded_as"] == ["fp32"] and body["file_bytes"] == file_tensor_bytes(models["flux_tiny"])
+    assert body["model_bytes"] >= 2 * body["file_bytes"]
+
+
+def test_preview_sizes_the_model_in_the_weight_dtype_the_loader_is_given(server):
+    status, body = call(server, "POST", "/distorch/preview", flux_request(weight_dtype="fp8_e4m3fn"))
+    assert status == 200 and body["loaded_as"] == ["fp8_e4m3fn"]
+    assert body["model_bytes"] < body["file_bytes"]
+    status, body = call(server, "POST", "/distorch/preview", flux_request(weight_dtype="int4"))
+    assert status == 400 and "unknown weight_dtype 'int4'" in body["error"]
 
 
 def test_routes_are_also_served_under_the_api_prefix_the_front_end_uses(server):
