@@ -57,10 +57,12 @@ def _normalised(device: str | torch.device) -> torch.device:
 
 
 class StreamingEngine:
-    def __init__(self, root: nn.Module, plan: PlacementPlan, options: EngineOptions | None = None) -> None:
+    def __init__(self, root: nn.Module, plan: PlacementPlan, options: EngineOptions | None = None,
+                 name: str | None = None) -> None:
         self.root = root
         self.plan = plan
         self.options = options or EngineOptions()
+        self.name = name or type(root).__name__  # what metrics and logs call the model (a loader: its file)
         modules = dict(find_blocks(root))
         missing = [name for name, _ in plan.streamed if name not in modules]
         if missing:

@@ -28,6 +28,8 @@ from .streaming_patcher import StreamingModelPatcher
 log = logging.getLogger("distorch")
 CATEGORY = "distorch/streaming"
 
+# the core loaders' file inputs, in input order: they name the streamed model in metrics and logs
+MODEL_FILE_INPUTS = ("unet_name", "ckpt_name", "clip_name", "clip_name1", "clip_name2", "clip_name3")
 # core node -> (our node id, display name, which output is streamed and how to reach its ModelPatcher)
 VARIANTS: dict[str, tuple[str, str, int, str]] = {
     "UNETLoader": ("DisTorchUNETLoader", "Load Diffusion Model (DisTorch streaming)", 0, "model"),
@@ -100,9 +102,16 @@ def activation_reserve(model: Any) -> int:
     return int(memory_required([2, channels, 128, 128]) * 1.5)
 
 
-def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions | None = None) -> StreamingModelPatcher:
+def model_label(inputs: dict[str, Any]) -> str | None:
+    """The model file(s) a loader node was given, e.g. ``clip_l.safetensors+t5xxl.safetensors``."""
+    files = [str(inputs[key]) for key in MODEL_FILE_INPUTS if inputs.get(key)]
+    return "+".join(files) or None
+
+
+def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions | None = None,
+                   name: str | None = None) -> StreamingModelPatcher:
     """Wrap a freshly loaded ModelPatcher so its model streams by the requested plan (engine options: the
-    defaults with the request's ring, unless given)."""
+    defaults with the request's ring, unless given; ``name``: what metrics call the model)."""
     if comfy_adapter.is_dynamic_patcher(patcher):
         log.warning("[DisTorch] %s came with ComfyUI's Dynamic VRAM patcher (%s); DisTorch streaming replaces it "
                     "with its own classic ModelPatcher subclass, so Dynamic VRAM does not manage this model. "
@@ -113,17 +122,17 @@ def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions 
     plan = plan_for_module(patcher.model, request)
     log.info("[DisTorch] %s: compute on %s\n%s", type(patcher.model).__name__, request.compute_device, plan.table())
     options = options or EngineOptions(ring_slots=request.ring_slots, host_pin_cap_bytes=default_pin_cap())
-    return StreamingModelPatcher.wrap(patcher, plan, options, torch.device(request.compute_device))
+    return StreamingModelPatcher.wrap(patcher, plan, options, torch.device(request.compute_device), name)
 
 
-def _stream_output(outputs: tuple, index: int, kind: str, request: StreamRequest) -> tuple:
+def _stream_output(outputs: tuple, index: int, kind: str, request: StreamRequest, name: str | None) -> tuple:
     outputs = list(outputs)
     target = outputs[index]
     if kind == "model":
-        outputs[index] = make_streaming(target, request)
+        outputs[index] = make_streaming(target, request, name=name)
     else:
         clip = target.clone()
-        clip.patcher = make_streaming(target.patcher, request)
+        clip.patcher = make_streaming(target.patcher, request, name=name)
         outputs[index] = clip
     return tuple(outputs)
 
@@ -147,7 +156,7 @@ def make_variant(core_name: str, core_cls: type) -> type:
 
     def load(self, **kwargs):
         request = request_from(kwargs)
-        return _stream_output(comfy_adapter.call_core(core_cls, kwargs), index, kind, request)
+        return _stream_output(comfy_adapter.call_core(core_cls, kwargs), index, kind, request, model_label(kwargs))
 
     attrs = {
         "INPUT_TYPES": classmethod(input_types), "VALIDATE_INPUTS": classmethod(validate_inputs),

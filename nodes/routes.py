@@ -8,6 +8,7 @@ imported. When the package is imported without a server (in-process use, tests),
     POST /distorch/preview    a placement preview of a model file, from its header only, sized in the dtype
                               ComfyUI will load it in (asked of ComfyUI through nodes.comfy_adapter)
     GET  /distorch/telemetry  the last prompts' streaming telemetry
+    GET  /distorch/metrics    streaming counters and gauges in the Prometheus text format (distorch.metrics)
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from ..distorch import plan_preview
+from ..distorch import metrics, plan_preview
 from ..distorch.devices import available_devices, device_total_memory
 from ..distorch.errors import AllocationError, DistorchError
+from ..distorch.registry import REGISTRY
 from ..distorch.safetensors_header import dtype_name, read_header, read_metadata
 from . import comfy_adapter
 
@@ -111,8 +113,6 @@ def preview_for(body: dict[str, Any]) -> dict[str, Any]:
 def telemetry_records(limit: int = 20) -> tuple[list[dict[str, Any]], bool]:
     """``(records, available)``: the last prompts' stats (``PromptStats.as_dict()``, written by the streaming
     patcher after each sampling run)."""
-    from ..distorch.registry import REGISTRY
-
     return REGISTRY.recent_prompt_stats()[-limit:], True
 
 
@@ -144,10 +144,15 @@ async def get_telemetry(request: web.Request) -> web.Response:
     return web.json_response({"records": records, "available": available})
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=metrics.render(REGISTRY).encode("utf-8"), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 ROUTES: tuple[tuple[str, str, Callable], ...] = (
     ("GET", "/distorch/devices", get_devices),
     ("POST", "/distorch/preview", post_preview),
     ("GET", "/distorch/telemetry", get_telemetry),
+    ("GET", "/distorch/metrics", get_metrics),
 )
 
 

@@ -71,7 +71,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
 
     @classmethod
     def wrap(cls, base: comfy.model_patcher.ModelPatcher, plan: PlacementPlan, options: EngineOptions,
-             compute_device: torch.device) -> "StreamingModelPatcher":
+             compute_device: torch.device, name: str | None = None) -> "StreamingModelPatcher":
         base.detach()
         patcher = cls(base.model, compute_device, torch.device("cpu"), weight_inplace_update=base.weight_inplace_update)
         patcher.patches = {k: v[:] for k, v in base.patches.items()}
@@ -82,7 +82,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         # non-block parts (model_sampling buffers...) move to the compute device as in a full load.
         if options.forward_root is None and isinstance(getattr(base.model, "diffusion_model", None), torch.nn.Module):
             options = dataclasses.replace(options, forward_root="diffusion_model")  # one call = one forward
-        patcher.distorch = StreamingState(plan=plan, engine=StreamingEngine(base.model, plan, options))
+        patcher.distorch = StreamingState(plan=plan, engine=StreamingEngine(base.model, plan, options, name))
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
                                      functools.partial(_report_after_sampling, patcher.distorch))
         return patcher
