@@ -10,12 +10,6 @@ import sys
 import pytest
 import torch
 
-from comfy_server import MODELS_DIR
-
-SD15 = MODELS_DIR / "checkpoints" / "distorch-tiny-sd15.safetensors"
-FLUX = MODELS_DIR / "diffusion_models" / "distorch-tiny-flux.safetensors"
-CLIP_L = MODELS_DIR / "text_encoders" / "distorch-clip-l.safetensors"
-
 
 @pytest.fixture(scope="module")
 def plugin(comfy_nodes):
@@ -35,6 +29,14 @@ def _float_dtypes(module: torch.nn.Module) -> set[torch.dtype]:
     return {p.dtype for p in module.parameters() if p.is_floating_point()}
 
 
+def _dominant_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype holding most of the module's parameter elements."""
+    counts: dict[torch.dtype, int] = {}
+    for param in module.parameters():
+        counts[param.dtype] = counts.get(param.dtype, 0) + param.numel()
+    return max(counts, key=counts.get)
+
+
 def _assert_preview_layout_is_the_loaded_layout(plugin, folder: str, path, model: torch.nn.Module,
                                                 weight_dtype: str = "default") -> None:
     _, routes, layout, plan_preview = plugin
@@ -47,31 +49,33 @@ def _assert_preview_layout_is_the_loaded_layout(plugin, folder: str, path, model
     assert 0 <= loaded.other_bytes - preview.other_bytes < 100_000
 
 
-def test_checkpoint_weights_load_in_the_dtype_the_adapter_names(comfy_nodes, plugin) -> None:
+def test_checkpoint_weights_load_in_the_dtype_the_adapter_names(comfy_nodes, plugin, models) -> None:
     adapter, routes, _, _ = plugin
-    model, _, _ = _load(comfy_nodes, "CheckpointLoaderSimple", ckpt_name=SD15.name)
-    assert routes.load_dtype_name("checkpoints", str(SD15)) == "F32"  # the file is fp16; --cpu loads fp32
+    sd15 = models["sd15_tiny"]
+    model, _, _ = _load(comfy_nodes, "CheckpointLoaderSimple", ckpt_name=sd15.name)
+    assert routes.load_dtype_name("checkpoints", str(sd15)) == "F32"  # the file is fp16; --cpu loads fp32
     assert _float_dtypes(model.model.diffusion_model) == {torch.float32}
-    _assert_preview_layout_is_the_loaded_layout(plugin, "checkpoints", SD15, model.model)
+    _assert_preview_layout_is_the_loaded_layout(plugin, "checkpoints", sd15, model.model)
 
 
 @pytest.mark.parametrize("weight_dtype, expected", [("default", torch.float32), ("fp8_e4m3fn", torch.float8_e4m3fn)])
-def test_diffusion_model_weights_load_in_the_dtype_the_adapter_names(comfy_nodes, plugin, weight_dtype,
+def test_diffusion_model_weights_load_in_the_dtype_the_adapter_names(comfy_nodes, plugin, models, weight_dtype,
                                                                      expected) -> None:
     adapter, routes, _, plan_preview = plugin
-    (model,) = _load(comfy_nodes, "UNETLoader", unet_name=FLUX.name, weight_dtype=weight_dtype)
-    header = plan_preview.read_header(FLUX)
-    assert adapter.diffusion_model_load_dtype(header, {}, weight_dtype) == expected
+    flux = models["flux_tiny"]
+    (model,) = _load(comfy_nodes, "UNETLoader", unet_name=flux.name, weight_dtype=weight_dtype)
+    assert adapter.diffusion_model_load_dtype(plan_preview.read_header(flux), {}, weight_dtype) == expected
     assert _float_dtypes(model.model.diffusion_model) == {expected}
-    _assert_preview_layout_is_the_loaded_layout(plugin, "diffusion_models", FLUX, model.model, weight_dtype)
+    _assert_preview_layout_is_the_loaded_layout(plugin, "diffusion_models", flux, model.model, weight_dtype)
 
 
-def test_text_encoder_weights_load_in_the_dtype_the_adapter_names(comfy_nodes, plugin) -> None:
+def test_text_encoder_weights_load_in_the_dtype_the_adapter_names(comfy_nodes, plugin, models) -> None:
     adapter, _, _, plan_preview = plugin
-    (clip,) = _load(comfy_nodes, "CLIPLoader", clip_name=CLIP_L.name, type="stable_diffusion")
-    expected = adapter.text_encoder_load_dtype(plan_preview.read_header(CLIP_L))
-    assert expected in _float_dtypes(clip.cond_stage_model)
-    _assert_preview_layout_is_the_loaded_layout(plugin, "text_encoders", CLIP_L, clip.patcher.model)
+    clip_l = models["clip_l"]
+    (clip,) = _load(comfy_nodes, "CLIPLoader", clip_name=clip_l.name, type="stable_diffusion")
+    expected = adapter.text_encoder_load_dtype(plan_preview.read_header(clip_l))
+    assert _dominant_dtype(clip.cond_stage_model) == expected  # ComfyUI keeps a 4-byte logit scale in fp32
+    _assert_preview_layout_is_the_loaded_layout(plugin, "text_encoders", clip_l, clip.patcher.model)
 
 
 @pytest.mark.parametrize("option, dtype", [("default", None), ("fp8_e4m3fn", torch.float8_e4m3fn),
@@ -88,8 +92,8 @@ def test_an_unknown_weight_dtype_option_is_refused(plugin) -> None:
         plugin[0].forced_weight_dtype("int4")
 
 
-def test_a_quantized_diffusion_model_keeps_its_stored_dtypes(plugin) -> None:
+def test_a_quantized_diffusion_model_keeps_its_stored_dtypes(plugin, models) -> None:
     adapter, _, _, plan_preview = plugin
-    header = dict(plan_preview.read_header(FLUX))
+    header = dict(plan_preview.read_header(models["flux_tiny"]))
     header["scaled_fp8"] = {"dtype": "F8_E4M3", "shape": [], "data_offsets": [0, 1]}
     assert adapter.diffusion_model_load_dtype(header, {}) is None
