@@ -1,6 +1,6 @@
 """Which blocks stay on the compute device and which stream in from a store, and from which store.
 
-Placement matters as much as overlap (engine.md): with streamed blocks spread evenly through the
+Placement matters as much as overlap (docs/physical-model.md): with streamed blocks spread evenly through the
 execution order and a look-ahead of a few blocks, a forward costs about max(compute, bytes / bandwidth);
 with the streamed blocks bunched at the tail, nothing moves while the head computes. So the planner
 streams the FEWEST blocks that fit the budget, picks them evenly spaced in execution order (by block
