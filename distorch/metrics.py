@@ -95,7 +95,8 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
      "Weight bytes copied from stores to compute devices by streamed blocks, during sampling."),
     ("copy_seconds", "distorch_copy_seconds_total", "Seconds the copy streams spent copying streamed blocks."),
     ("stall_seconds", "distorch_stall_seconds_total", "Seconds compute waited for a streamed block's copy."),
-    ("misses", "distorch_misses_total", "Copy pipeline restarts (a block ran out of plan order, or a forward was cut short)."),
+    ("misses", "distorch_misses_total",
+     "Copy pipeline restarts (a block ran out of plan order, or a forward was cut short)."),
 )
 
 

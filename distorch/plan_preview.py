@@ -15,9 +15,10 @@ Bytes are the bytes the loader will hold, not the file's: ComfyUI stores a model
 dtype it picks for the device (fp32 on a CPU, a loader's ``weight_dtype``...), so the caller passes that dtype
 per file (``load_dtypes``; nodes/comfy_adapter asks ComfyUI), and each tensor of a block is counted at its
 256-byte aligned size, as distorch.layout packs it. With the dtype given, a plan from a header equals the
-plan the loader makes from the loaded module for every budget; what the header cannot show is a few bytes
-of buffers ComfyUI adds outside the blocks (e.g. a model's sigma table), which only matter where a budget is
-capped by the device's total memory.
+plan the loader makes from the loaded module for every budget, with two things the header cannot show: a few
+bytes of buffers ComfyUI adds outside the blocks (e.g. a model's sigma table), and on a GPU the activation
+reserve the loader keeps free beside the weights. Both add to the budget and to the need alike, so they only
+matter where the loader caps a budget at the device's total memory.
 """
 from __future__ import annotations
 

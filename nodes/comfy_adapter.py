@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from ..distorch.safetensors_header import TORCH_DTYPES
+
 log = logging.getLogger("distorch")
 _OUR_NODES_DIR = Path(__file__).resolve().parent
 _CPU = torch.device("cpu")
@@ -241,8 +243,6 @@ _QUANT_CONFIG_ATTRS = ("scaled_fp8", "layer_quant_config", "quant_config")  # 0.
 
 def meta_state_dict(entries: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Header entries as meta tensors of the same shapes and dtypes (no memory, no file data)."""
-    from ..distorch.safetensors_header import TORCH_DTYPES
-
     return {key: torch.empty(entry["shape"], dtype=TORCH_DTYPES[entry["dtype"]], device="meta")
             for key, entry in entries.items() if entry.get("dtype") in TORCH_DTYPES}
 
@@ -284,8 +284,8 @@ def diffusion_model_load_dtype(entries: dict[str, dict[str, Any]], metadata: dic
     forced = forced_weight_dtype(weight_dtype)
     if forced is not None:
         return forced
-    return model_management.unet_dtype(model_params=parameters, supported_dtypes=list(config.supported_inference_dtypes),
-                                       weight_dtype=stored)
+    supported = list(config.supported_inference_dtypes)
+    return model_management.unet_dtype(model_params=parameters, supported_dtypes=supported, weight_dtype=stored)
 
 
 def _quantized(state_dict: dict[str, torch.Tensor], prefix: str, metadata: dict[str, str] | None) -> bool:

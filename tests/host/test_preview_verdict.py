@@ -55,7 +55,8 @@ def _preview_plans(server: ComfyServer, case: Case, virtual_vram_gb: float) -> b
 
 def _prompt_runs(server: ComfyServer, case: Case, virtual_vram_gb: float, seed: int) -> bool:
     graph = load_graph(WORKFLOWS / case.workflow)
-    graph[case.node] = {"class_type": case.loader, "inputs": {**case.model_inputs, **_streaming_inputs(virtual_vram_gb)}}
+    inputs = {**case.model_inputs, **_streaming_inputs(virtual_vram_gb)}
+    graph[case.node] = {"class_type": case.loader, "inputs": inputs}
     for node in graph.values():
         node["inputs"].update({"seed": seed} if "seed" in node["inputs"] else {})
     entry = server.run_prompt(graph)
