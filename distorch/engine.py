@@ -79,9 +79,11 @@ def _normalised(device: str | torch.device) -> torch.device:
 
 
 class StreamingEngine:
-    def __init__(self, root: nn.Module, plan: PlacementPlan, options: EngineOptions | None = None) -> None:
+    def __init__(self, root: nn.Module, plan: PlacementPlan, options: EngineOptions | None = None,
+                 name: str | None = None) -> None:
         self.root = root
         self.options = options or EngineOptions()
+        self.name = name or type(root).__name__  # what metrics and logs call the model (a loader: its file)
         self._all_modules = dict(find_blocks(root))
         self._arenas: dict[torch.device, HostArena] = {}
         self._ring: StagingRing | None = None

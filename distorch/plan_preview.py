@@ -1,9 +1,8 @@
 """A placement preview from a .safetensors file's header alone: what the DisTorch loaders would do, before
 loading anything.
 
-A safetensors file is an 8-byte little-endian header length, a JSON header (tensor name -> dtype, shape,
-``data_offsets``), then the raw tensor bytes. Only the header is read, so a 24 GB model previews in
-milliseconds and without RAM.
+Only the header is read (distorch.safetensors_header), so a 24 GB model previews in milliseconds and
+without RAM.
 
 Blocks are found by key pattern ``<prefix><list>.<index>.`` where ``<list>`` is a known block-list name
 (``double_blocks``, ``input_blocks``, ``encoder.layers`` ...). The header's key order is useless for
@@ -12,22 +11,29 @@ then alphabetically), so ``single_blocks.10`` precedes ``single_blocks.2`` and `
 ``input_blocks`` whatever the model runs first. Order therefore comes from :data:`BLOCK_LISTS` (the rank of
 the list name), then the numeric index.
 
-Bytes are file bytes. The loader may differ slightly: it packs each tensor at a 256-byte aligned offset
-(distorch.layout) and ComfyUI may cast weights on load (a ``weight_dtype`` option).
+Bytes are the bytes the loader will hold, not the file's: ComfyUI stores a model's floating tensors in the
+dtype it picks for the device (fp32 on a CPU, a loader's ``weight_dtype``...), so the caller passes that dtype
+per file (``load_dtypes``; nodes/comfy_adapter asks ComfyUI), and each tensor of a block is counted at its
+256-byte aligned size, as distorch.layout packs it. With the dtype given, a plan from a header equals the
+plan the loader makes from the loaded module for every budget, with two things the header cannot show: a few
+bytes of buffers ComfyUI adds outside the blocks (e.g. a model's sigma table), and on a GPU the activation
+reserve the loader keeps free beside the weights. Both add to the budget and to the need alike, so they only
+matter where the loader caps a budget at the device's total memory.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Sequence
 
-from .errors import DistorchError
-
-PathLike = Union[str, "os.PathLike[str]"]
+from .budget import StreamRequest, compute_shares, plan_auto, store_budgets
+from .devices import canonical_device
+from .layout import align_up
+from .planner import minimum_weight_budget, plan_placement
+from .safetensors_header import (DTYPE_BYTES, DTYPE_LABELS, FLOAT_DTYPES, HeaderError, PathLike, entry_bytes,
+                                 read_header, tensor_bytes)
 
 # Block-list names in the order a model runs them; a key's list name ranks its block. Several models' lists
 # are here at once; within one model only its own appear, so the relative order of the others is moot.
@@ -46,148 +52,119 @@ BLOCK_LISTS: tuple[str, ...] = (
 # Containers that are not block lists but hold some (a UNet's middle block holds transformer_blocks): they
 # rank right after the list they follow in execution, so their inner blocks sort between the two lists.
 CONTAINERS_AFTER: dict[str, str] = {"middle_block": "input_blocks", "mid_block": "down_blocks"}
+# ComfyUI's UNet keeps a TimestepEmbedSequential in each element of these lists and runs its layers one by one,
+# so the engine's blocks are the layers (distorch.layout): ``input_blocks.1.1``, not ``input_blocks.1``.
+SEQUENTIAL_LISTS = frozenset({"input_blocks", "output_blocks"})
 _RANK = {name: float(rank) for rank, name in enumerate(BLOCK_LISTS)}
 _ORDER = {**_RANK, **{name: _RANK[after] + 0.5 for name, after in CONTAINERS_AFTER.items()}}
 
-MAX_HEADER_BYTES = 100 * 1000 * 1000  # the safetensors library's own limit; a bigger one is corruption
-DTYPE_BYTES = {
-    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
-    "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-}
-
-
-class HeaderError(DistorchError, ValueError):
-    """A .safetensors header that is missing, truncated or malformed; the message names file and problem."""
-
-    def __init__(self, path: PathLike, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{os.fspath(path)}: not a valid safetensors file: {problem}")
-
-
 @dataclass(frozen=True)
 class FileLayout:
-    """A model's blocks in execution order and the bytes outside them (``excluded`` = outside ``prefix``)."""
+    """A model's blocks in execution order and the bytes outside them, as loaded; ``file_bytes`` are the
+    same tensors' bytes in the files, ``excluded_bytes`` the files' bytes outside ``prefix``."""
 
     files: tuple[str, ...]
     blocks: tuple[tuple[str, int], ...]
     other_bytes: int
     excluded_bytes: int = 0
+    file_bytes: int = 0
 
     @property
     def model_bytes(self) -> int:
         return self.other_bytes + sum(n for _, n in self.blocks)
 
 
-def read_header(path: PathLike) -> dict[str, dict[str, Any]]:
-    """The tensor entries of ``path``'s header (``__metadata__`` dropped), each checked for sane offsets."""
-    with open(path, "rb") as file:
-        file_size = os.fstat(file.fileno()).st_size
-        raw_length = file.read(8)
-        if len(raw_length) < 8:
-            raise HeaderError(path, f"file is {file_size} bytes, shorter than the 8-byte header length")
-        (length,) = struct.unpack("<Q", raw_length)
-        if length > MAX_HEADER_BYTES:
-            raise HeaderError(path, f"header length {length} exceeds {MAX_HEADER_BYTES} bytes")
-        if length > file_size - 8:
-            raise HeaderError(path, f"truncated: header says {length} bytes but only {file_size - 8} follow")
-        text = file.read(length)
-    try:
-        header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise HeaderError(path, f"header is not JSON ({error})") from None
-    if not isinstance(header, dict):
-        raise HeaderError(path, f"header is a JSON {type(header).__name__}, not an object")
-    data_bytes = file_size - 8 - length
-    return {name: _checked_entry(path, name, entry, data_bytes) for name, entry in header.items()
-            if name != "__metadata__"}
+def _is_index(part: str) -> bool:
+    return part.isascii() and part.isdigit()
 
 
-def _checked_entry(path: PathLike, name: str, entry: Any, data_bytes: int) -> dict[str, Any]:
-    if not isinstance(entry, dict):
-        raise HeaderError(path, f"entry {name!r} is not an object")
-    offsets, shape = entry.get("data_offsets"), entry.get("shape")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(x) for x in offsets)):
-        raise HeaderError(path, f"entry {name!r} has bad data_offsets {offsets!r}")
-    if not (isinstance(shape, list) and all(_is_count(x) for x in shape)):
-        raise HeaderError(path, f"entry {name!r} has bad shape {shape!r}")
-    begin, end = offsets
-    if begin > end:
-        raise HeaderError(path, f"entry {name!r} has data_offsets {offsets} that run backwards")
-    if end > data_bytes:
-        raise HeaderError(path, f"truncated: entry {name!r} ends at byte {end} of a {data_bytes}-byte data section")
-    element = DTYPE_BYTES.get(entry.get("dtype"))
-    if element is not None and math.prod(shape) * element != end - begin:
-        raise HeaderError(path, f"entry {name!r}: {entry.get('dtype')} {shape} needs "
-                                f"{math.prod(shape) * element} bytes, data_offsets give {end - begin}")
-    return entry
+def block_of(key: str) -> tuple[str, str, tuple[int, ...]] | None:
+    """``(prefix, list name, indices)`` of the block holding tensor ``key``, or None outside blocks.
 
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def block_of(key: str) -> tuple[str, str, int] | None:
-    """``(prefix, list name, index)`` of the block holding tensor ``key``, or None outside blocks.
-
-    The outermost known list wins, as in distorch.layout (a found block is not searched further):
-    ``input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight`` is block ``input_blocks.1``. Names that are
+    The outermost known list wins, as in distorch.layout (a found block is not searched further), and in the
+    UNet's :data:`SEQUENTIAL_LISTS` a block is one layer of an element:
+    ``input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight`` is block ``input_blocks.1.1``. Names that are
     not block lists are skipped over (``final_layer.adaLN_modulation.1.weight`` is in no block).
     """
     parts = key.split(".")
     for i in range(len(parts) - 2):  # the index must be followed by a tensor name
-        index = parts[i + 1]
-        if parts[i] in _RANK and index.isascii() and index.isdigit():
+        if parts[i] in _RANK and _is_index(parts[i + 1]):
             prefix = ".".join(parts[:i]) + "." if i else ""
-            return prefix, parts[i], int(index)
+            indices = (int(parts[i + 1]),)
+            if parts[i] in SEQUENTIAL_LISTS and i + 3 < len(parts) and _is_index(parts[i + 2]):
+                indices += (int(parts[i + 2]),)
+            return prefix, parts[i], indices
     return None
 
 
-def layout_from_header(entries: dict[str, dict[str, Any]], prefix: str = "") -> tuple[dict, int, int]:
-    """``({(prefix, list, index): bytes}, other_bytes, excluded_bytes)`` of one header's entries."""
-    blocks: dict[tuple[str, str, int], int] = {}
+def loaded_bytes(entry: dict[str, Any], load_dtype: str | None) -> int:
+    """Bytes of one header entry once loaded: a floating tensor in ``load_dtype`` (None: as in the file)."""
+    if load_dtype is None or entry.get("dtype") not in FLOAT_DTYPES:
+        return entry_bytes(entry)
+    return math.prod(entry["shape"]) * DTYPE_BYTES[load_dtype]
+
+
+def layout_from_header(entries: dict[str, dict[str, Any]], prefix: str = "",
+                       load_dtype: str | None = None) -> tuple[dict, int, int]:
+    """``({(prefix, list, indices): bytes}, other_bytes, excluded_bytes)`` of one header's entries, as loaded.
+
+    A block's bytes are its floating tensors each at its aligned size (how distorch.layout packs them);
+    anything else under ``prefix`` is other bytes, integer tensors in blocks too (the engine leaves those
+    where they are).
+    """
+    blocks: dict[tuple[str, str, tuple[int, ...]], int] = {}
     other = excluded = 0
     for key, entry in entries.items():
-        begin, end = entry["data_offsets"]
         if not key.startswith(prefix):
-            excluded += end - begin
+            excluded += entry_bytes(entry)
             continue
+        nbytes = loaded_bytes(entry, load_dtype)
         where = block_of(key[len(prefix):])
-        if where is None:
-            other += end - begin
+        if where is None or entry.get("dtype") not in FLOAT_DTYPES:
+            other += nbytes
         else:
-            blocks[where] = blocks.get(where, 0) + end - begin
+            blocks[where] = blocks.get(where, 0) + align_up(nbytes)
     return blocks, other, excluded
 
 
-def _execution_key(prefix: str, name: str, index: int) -> tuple:
+def _block_name(prefix: str, name: str, indices: tuple[int, ...]) -> str:
+    return f"{prefix}{name}." + ".".join(map(str, indices))
+
+
+def _execution_key(prefix: str, name: str, indices: tuple[int, ...]) -> tuple:
     """Sort key in execution order: the rank of the outermost ranked name on the block's path, then the
     path with numbers compared as numbers. The header's alphabetical order plays no part."""
     path = prefix.split(".")[:-1] + [name]
     rank = next(_ORDER[part] for part in path if part in _ORDER)
     natural = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path)
-    return rank, natural, index
+    return rank, natural, indices
 
 
-def read_layout(paths: PathLike | Sequence[PathLike], prefix: str = "") -> FileLayout:
+def read_layout(paths: PathLike | Sequence[PathLike], prefix: str = "",
+                load_dtypes: Sequence[str | None] | None = None) -> FileLayout:
     """Blocks (execution order) and other bytes of one model file, or of several loaded as one model.
 
     Only keys under ``prefix`` count (``model.diffusion_model.`` picks a checkpoint's diffusion model); if
     no key of a file has it, the whole file counts. With several files, block names get ``<i>/`` in front
     (file order = the loader's input order), since two encoders may both have ``encoder.layers.0``.
+    ``load_dtypes`` holds one safetensors dtype name per file (None: that file's tensors load as stored).
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    dtypes = list(load_dtypes) if load_dtypes is not None else [None] * len(paths)
+    if len(dtypes) != len(paths) or any(d is not None and d not in FLOAT_DTYPES for d in dtypes):
+        raise ValueError(f"load_dtypes must name one floating dtype (or None) per file, got {load_dtypes!r}")
     blocks: list[tuple[str, int]] = []
-    other = excluded = 0
-    for number, path in enumerate(paths):
+    other = excluded = file_bytes = 0
+    for number, (path, dtype) in enumerate(zip(paths, dtypes)):
         entries = read_header(path)
         use = prefix if any(k.startswith(prefix) for k in entries) else ""
-        found, file_other, file_excluded = layout_from_header(entries, use)
+        found, file_other, file_excluded = layout_from_header(entries, use, dtype)
         tag = f"{number}/" if len(paths) > 1 else ""
         ordered = sorted(found.items(), key=lambda item: _execution_key(*item[0]))
-        blocks += [(f"{tag}{p}{name}.{index}", nbytes) for (p, name, index), nbytes in ordered]
+        blocks += [(tag + _block_name(*where), nbytes) for where, nbytes in ordered]
         other, excluded = other + file_other, excluded + file_excluded
-    return FileLayout(tuple(Path(p).name for p in paths), tuple(blocks), other, excluded)
+        file_bytes += sum(entry_bytes(e) for k, e in entries.items() if k.startswith(use))
+    return FileLayout(tuple(Path(p).name for p in paths), tuple(blocks), other, excluded, file_bytes)
 
 
 def preview(
@@ -199,21 +176,24 @@ def preview(
     donor_device: str = "cpu",
     prefix: str = "",
     device_free: dict[str, int] | None = None,
+    load_dtypes: Sequence[str | None] | None = None,
 ) -> dict[str, Any]:
     """JSON-ready preview: bytes per device (compute resident, streamed per store) and the block plan.
 
     ``device_totals`` (canonical name -> total bytes) is both the memory sizes and the set of devices that
     exist. An allocation string wins over ``virtual_vram_gb``/``donor_device``, as in the loader nodes.
+    ``load_dtypes``: the dtype ComfyUI will load each file's floating tensors in (see :func:`read_layout`).
+    ``device_free``: bytes free per device now, for the automatic budget (default: the totals).
     Bad input raises the engine's own errors (AllocationError with token/position, DeviceError, BudgetError); a
     budget below the minimum is not an error: the preview shows the minimum plan and says so in ``warning``.
     """
-    layout = read_layout(path, prefix)
+    layout = read_layout(path, prefix, load_dtypes)
     result: dict[str, Any] = {
         "files": list(layout.files), "model_bytes": layout.model_bytes, "other_bytes": layout.other_bytes,
-        "excluded_bytes": layout.excluded_bytes, "block_count": len(layout.blocks),
+        "excluded_bytes": layout.excluded_bytes, "file_bytes": layout.file_bytes,
+        "block_count": len(layout.blocks),
+        "loaded_as": [DTYPE_LABELS[d] if d else None for d in (load_dtypes or [None] * len(layout.files))],
     }
-    from .devices import canonical_device  # torch is imported by devices only when a preview is asked for
-
     totals = {canonical_device(name): int(size) for name, size in device_totals.items()}
     request_args = (compute_device, virtual_vram_gb, donor_device, allocation_text or "")
     result.update(_planned(layout, totals, request_args, device_free))
@@ -223,9 +203,6 @@ def preview(
 def _planned(layout: FileLayout, totals: dict[str, int], request_args: tuple,
              device_free: dict[str, int] | None) -> dict[str, Any]:
     """The placement the loader nodes would plan for this file."""
-    from .budget import StreamRequest, compute_shares, plan_auto, store_budgets
-    from .planner import plan_placement
-
     request = StreamRequest(*request_args)
     if request.auto:
         # The real plan is made at each sampling run; the preview shows it for the memory free now, before
@@ -237,7 +214,10 @@ def _planned(layout: FileLayout, totals: dict[str, int], request_args: tuple,
     plan = plan_placement(layout.blocks, layout.other_bytes, compute, budget,
                           store_budgets(shares),
                           ring_slots=request.ring_slots, keep_head_blocks=request.keep_head_blocks)
-    return _plan_dict(plan, totals, budget, shares)
+    result = _plan_dict(plan, totals, budget, shares)
+    result["minimum_budget_bytes"] = minimum_weight_budget(
+        layout.blocks, layout.other_bytes, request.ring_slots, request.keep_head_blocks)
+    return result
 
 
 def _plan_dict(plan: Any, totals: dict[str, int], budget: int, shares: list[tuple[str, int]]) -> dict[str, Any]:
@@ -266,6 +246,5 @@ def _by_device(devices: list[dict[str, Any]]) -> dict[str, int]:
     return held
 
 
-def tensor_bytes(paths: Iterable[PathLike]) -> int:
-    """Sum of every tensor's bytes in the files' headers (what a preview's devices must add up to)."""
-    return sum(end - begin for p in paths for (begin, end) in (e["data_offsets"] for e in read_header(p).values()))
+__all__ = ["BLOCK_LISTS", "FileLayout", "HeaderError", "block_of", "layout_from_header", "loaded_bytes", "preview",
+           "read_header", "read_layout", "tensor_bytes"]

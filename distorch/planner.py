@@ -13,7 +13,7 @@ but never add to its rate. The expected transfer per forward is the slowest grou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .errors import BudgetError
 
@@ -218,24 +218,18 @@ def plan_placement(
         raise ValueError(f"ring_slots must be at least 1, got {ring_slots}")
     names = [name for name, _ in blocks]
     sizes = [nbytes for _, nbytes in blocks]
-    head = min(max(keep_head_blocks, 0), len(blocks))
-    candidates = list(range(head, len(blocks)))
+    head = _head_count(keep_head_blocks, len(blocks))
     fixed = other_bytes + activation_reserve_bytes
 
-    chosen, needed, slot_bytes, slots = _fewest_streamed(sizes, candidates, fixed, ring_slots, weight_budget_bytes)
-    if needed > weight_budget_bytes and head:  # the head block(s) may stream too rather than miss the budget
-        chosen, needed, slot_bytes, slots = _fewest_streamed(sizes, range(len(blocks)), fixed, ring_slots,
-                                                             weight_budget_bytes)
     raised_from = None
-    if needed > weight_budget_bytes:
+    fitting = _first_fitting(sizes, head, fixed, ring_slots, weight_budget_bytes)
+    if fitting is None:
         # Never refused for being small: the smallest plan that runs is used instead, and the caller warns with
         # both numbers (plan.raised_message()).
-        pools = (candidates, list(range(len(blocks))))
-        _, pool, count = min(((_needed_for(sizes, pool, n, fixed, ring_slots), pool, n)
-                              for pool in pools for n in range(len(pool) + 1)), key=lambda option: option[0])
-        chosen = [pool[i] for i in spread_evenly(count, len(pool))] if count else []
-        needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
+        fitting = min(((_needed_bytes(sizes, chosen, fixed, ring_slots), chosen)
+                       for chosen in _fallback_choices(len(blocks), head)), key=lambda option: option[0][0])
         raised_from = weight_budget_bytes
+    (needed, slot_bytes, slots), chosen = fitting
 
     streamed_set = set(chosen)
     stores_of = assign_stores([(names[i], sizes[i]) for i in chosen], stores)
@@ -255,24 +249,43 @@ def plan_placement(
     )
 
 
-def _needed_for(sizes: Sequence[int], pool: Sequence[int], count: int, fixed: int, ring_slots: int) -> int:
-    pool = list(pool)
-    chosen = [pool[i] for i in spread_evenly(count, len(pool))] if count else []
-    return _needed_bytes(sizes, chosen, fixed, ring_slots)[0]
+def _head_count(keep_head_blocks: int, block_count: int) -> int:
+    return min(max(keep_head_blocks, 0), block_count)
 
 
-def _fewest_streamed(sizes: Sequence[int], candidates: Sequence[int], fixed: int, ring_slots: int,
-                     budget: int) -> tuple[list[int], int, int, int]:
-    """The fewest candidates, spread evenly, whose plan fits ``budget`` (or all candidates when none does)."""
-    candidates = list(candidates)
-    chosen: list[int] = []
-    needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
-    for count in range(1, len(candidates) + 1):
-        if needed <= budget:
-            break
-        chosen = [candidates[i] for i in spread_evenly(count, len(candidates))]
-        needed, slot_bytes, slots = _needed_bytes(sizes, chosen, fixed, ring_slots)
-    return chosen, needed, slot_bytes, slots
+def _streamed_choices(block_count: int, head: int) -> Iterator[list[int]]:
+    """The streamed block indices the planner tries, fewest first: none, then 1, 2, ... spread evenly."""
+    candidates = list(range(head, block_count))
+    for count in range(len(candidates) + 1):
+        yield [candidates[i] for i in spread_evenly(count, len(candidates))]
+
+
+def _fallback_choices(block_count: int, head: int) -> Iterator[list[int]]:
+    """Every choice the planner may make: keeping the head block(s) resident, then streaming them too."""
+    for pool_head in dict.fromkeys((head, 0)):
+        yield from _streamed_choices(block_count, pool_head)
+
+
+def _first_fitting(sizes: Sequence[int], head: int, fixed: int, ring_slots: int,
+                   budget: int) -> tuple[tuple[int, int, int], list[int]] | None:
+    """The fewest streamed blocks whose plan fits ``budget``, keeping the head resident when any such plan
+    exists, else streaming it too; None when no plan fits."""
+    for pool_head in dict.fromkeys((head, 0)):
+        for chosen in _streamed_choices(len(sizes), pool_head):
+            needed = _needed_bytes(sizes, chosen, fixed, ring_slots)
+            if needed[0] <= budget:
+                return needed, chosen
+    return None
+
+
+def minimum_weight_budget(blocks: Sequence[tuple[str, int]], other_bytes: int, ring_slots: int = 3,
+                          keep_head_blocks: int = 1, activation_reserve_bytes: int = 0) -> int:
+    """The smallest weight budget :func:`plan_placement` meets: below it, the plan is this minimum plan and says
+    its budget was raised (same ring and head arguments)."""
+    sizes = [nbytes for _, nbytes in blocks]
+    fixed = other_bytes + activation_reserve_bytes
+    return min(_needed_bytes(sizes, chosen, fixed, ring_slots)[0]
+               for chosen in _fallback_choices(len(sizes), _head_count(keep_head_blocks, len(sizes))))
 
 
 def group_rates(stores: Sequence[StoreBudget]) -> dict[str, float | None]:

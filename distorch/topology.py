@@ -2,10 +2,11 @@
 
 A path is named by its source: ``cpu`` (pinned host RAM -> compute GPU) or a donor GPU ``cuda:N`` (its VRAM ->
 compute GPU). Every path belongs to a *group*, the bottleneck it goes through. Host copies and PCIe peer copies
-both enter the compute GPU through its one x16 link (engine.md), so they are one group, ``pcie:<compute>``, and
-their bandwidths do not add up; an NVLink donor does not touch that link and is a group of its own. Which case a
-machine is in is not guessed from names: a concurrent probe (host and donor copies at the same time) decides it,
-and only that pure decision (:func:`classify_donor`) needs no GPU, so it is what the CPU tests exercise.
+both enter the compute GPU through its one x16 link (docs/physical-model.md), so they are one group,
+``pcie:<compute>``, and their bandwidths do not add up; an NVLink donor does not touch that link and is a group
+of its own. Which case a machine is in is not guessed from names: a concurrent probe (host and donor copies at
+the same time) decides it, and only that pure decision (:func:`classify_donor`) needs no GPU, so it is what the
+CPU tests exercise.
 
 Probes cost about a second per path, so a topology is cached in memory and, with ``cache_path``, in a JSON file
 keyed by the machine (GPU names and count, torch version): later loads read it instead of probing again.

@@ -1,4 +1,4 @@
-"""Everything the device loaders need to know about ComfyUI internals, in one place.
+"""Everything the loaders and the preview need to know about ComfyUI internals, in one place.
 
 Every check is a feature test (``hasattr``, try-import), never a version comparison, so the same code
 serves ComfyUI 0.3.x (classic ``ModelPatcher``) and newer trees (``comfy.memory_management``,
@@ -11,6 +11,8 @@ serves ComfyUI 0.3.x (classic ``ModelPatcher``) and newer trees (``comfy.memory_
   ``VAE``, ``CLIPVision``, ControlNet) so that ComfyUI's own ``load_models_gpu`` later puts its
   weights on the chosen device. The device is stored on the returned object itself (its patcher's
   ``load_device``), never in module state, so two loaders with two devices cannot interfere.
+* :func:`diffusion_model_load_dtype` / :func:`text_encoder_load_dtype`: the dtype ComfyUI will store a
+  model file's weights in, asked of ComfyUI from the file's header alone (for the plan preview).
 
 Limits, stated rather than hidden: the core loader picks dtypes (and, for a text encoder, an initial
 device) for ComfyUI's default device before we retarget; a ControlNet runs on the device of the
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..distorch.safetensors_header import TORCH_DTYPES
 
 log = logging.getLogger("distorch")
 _OUR_NODES_DIR = Path(__file__).resolve().parent
@@ -275,3 +279,90 @@ def device_of(obj: Any) -> dict[str, str]:
     weights = next(iter(patcher.model.parameters()), None) if hasattr(patcher.model, "parameters") else None
     return {"kind": kind, "load_device": str(patcher.load_device), "offload_device": str(patcher.offload_device),
             "weights_device": str(weights.device) if weights is not None else "none"}
+
+
+# --- the dtype ComfyUI loads a model file in (for the plan preview) ------------------------------------------
+# The core loaders decide it before DisTorch retargets anything, for ComfyUI's own default device, so these
+# functions ask ComfyUI the same questions with the same (default) device. Model files are described by their
+# header entries (distorch.safetensors_header): ComfyUI's detection reads keys, shapes and dtypes only, so meta
+# tensors stand in for the weights.
+_QUANT_CONFIG_ATTRS = ("scaled_fp8", "layer_quant_config", "quant_config")  # 0.3.75 has the first two, 0.33 the last
+
+
+def meta_state_dict(entries: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Header entries as meta tensors of the same shapes and dtypes (no memory, no file data)."""
+    return {key: torch.empty(entry["shape"], dtype=TORCH_DTYPES[entry["dtype"]], device="meta")
+            for key, entry in entries.items() if entry.get("dtype") in TORCH_DTYPES}
+
+
+def forced_weight_dtype(option: str | None) -> torch.dtype | None:
+    """The dtype UNETLoader's ``weight_dtype`` input forces (``fp8_e4m3fn_fast`` -> float8_e4m3fn), or None for
+    ``default``. Read from the option's name, as the core node maps it, so a new ``fpN_...`` option works too."""
+    if not option or option == "default":
+        return None
+    name = option.removesuffix("_fast")
+    dtype = getattr(torch, "float" + name[2:], None) if name.startswith("fp") else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown weight_dtype {option!r}: expected default or an fp8 option of UNETLoader")
+    return dtype
+
+
+def diffusion_model_load_dtype(entries: dict[str, dict[str, Any]], metadata: dict[str, str] | None = None,
+                               weight_dtype: str | None = "default") -> torch.dtype | None:
+    """The dtype ComfyUI's UNETLoader / CheckpointLoaderSimple store this file's diffusion-model weights in.
+
+    The loaders' own steps: model type from the keys (``model_detection``), then ``weight_dtype`` if forced,
+    else ``unet_dtype`` with the model's supported dtypes, parameter count and stored dtype. None where the
+    weights keep the file's own dtypes (quantized files: scaled fp8, per-layer quantization) or ComfyUI cannot
+    tell the model type from the header.
+    """
+    model_detection = importlib.import_module("comfy.model_detection")
+    model_management = importlib.import_module("comfy.model_management")
+    utils = importlib.import_module("comfy.utils")
+    state_dict = meta_state_dict(entries)
+    prefix = model_detection.unet_prefix_from_state_dict(state_dict)
+    if not any(key.startswith(prefix) for key in state_dict):
+        prefix = ""  # a diffusion_models file: the loader strips a prefix only when keys have it
+    parameters, stored = utils.calculate_parameters(state_dict, prefix), utils.weight_dtype(state_dict, prefix)
+    if _quantized(state_dict, prefix, metadata):
+        return None
+    config = _model_config(model_detection, state_dict, prefix, metadata)
+    if config is None or any(getattr(config, attr, None) for attr in _QUANT_CONFIG_ATTRS):
+        return None
+    forced = forced_weight_dtype(weight_dtype)
+    if forced is not None:
+        return forced
+    supported = list(config.supported_inference_dtypes)
+    return model_management.unet_dtype(model_params=parameters, supported_dtypes=supported, weight_dtype=stored)
+
+
+def _quantized(state_dict: dict[str, torch.Tensor], prefix: str, metadata: dict[str, str] | None) -> bool:
+    """Quantized weights that ComfyUI's ops keep in the file's dtypes: scaled fp8 (both versions), per-layer
+    quantization metadata (0.3.75) or ``.comfy_quant`` entries (0.33)."""
+    return (f"{prefix}scaled_fp8" in state_dict or "_quantization_metadata" in (metadata or {})
+            or any(key.endswith(".comfy_quant") for key in state_dict))
+
+
+def _model_config(model_detection: Any, state_dict: dict, prefix: str, metadata: dict[str, str] | None) -> Any:
+    detect = model_detection.model_config_from_unet
+    try:
+        if "metadata" in inspect.signature(detect).parameters:
+            return detect(state_dict, prefix, metadata=dict(metadata or {}))  # a copy: detection pops from it
+        return detect(state_dict, prefix)
+    except Exception as error:  # detection code that reads tensor values cannot run on meta tensors
+        log.info("distorch: ComfyUI's model detection cannot read this header (%s); previewing stored dtypes",
+                 error)
+        return None
+
+
+def text_encoder_load_dtype(entries: dict[str, dict[str, Any]]) -> torch.dtype:
+    """The dtype ComfyUI's CLIP loaders store a text-encoder file's weights in: ``text_encoder_dtype`` for its
+    text-encoder device, or the file's own dtype where that is smaller (``pick_weight_dtype``, how T5 and LLM
+    encoders keep an fp8 file; a CLIP-L file in fp8 is upcast by ComfyUI, which this does not model)."""
+    model_management = importlib.import_module("comfy.model_management")
+    utils = importlib.import_module("comfy.utils")
+    device = model_management.text_encoder_device()
+    fallback = model_management.text_encoder_dtype(device)
+    pick = getattr(model_management, "pick_weight_dtype", None)
+    stored = utils.weight_dtype(meta_state_dict(entries))
+    return pick(stored, fallback, device) if pick is not None else fallback

@@ -69,6 +69,23 @@ SURFACE: tuple[Name, ...] = (
     Name("comfy.model_management.LoadedModel.model_unload", "unloading a model before retargeting it",
          call=(0, ())),
     Name("comfy.model_management.module_size", "host RAM a streaming model holds", call=(1, ())),
+    # --- the dtype a loader will load a file in (plan previews) --------------------------------------------
+    Name("comfy.model_detection.unet_prefix_from_state_dict", "where a checkpoint's diffusion model is", call=(1, ())),
+    Name("comfy.model_detection.model_config_from_unet", "the model type, from a header", call=(2, ())),
+    Name("comfy.utils.calculate_parameters", "parameter count for unet_dtype", call=(2, ())),
+    Name("comfy.utils.weight_dtype", "the stored dtype", call=(2, ())),
+    Name("comfy.model_management.unet_dtype", "the diffusion model's load dtype",
+         call=(0, ("model_params", "supported_dtypes", "weight_dtype"))),
+    Name("comfy.model_management.text_encoder_device", "the text encoders' device", call=(0, ())),
+    Name("comfy.model_management.text_encoder_dtype", "the text encoders' dtype", call=(1, ())),
+    Name("comfy.model_management.pick_weight_dtype", "keeps a smaller stored dtype", call=(3, ()), optional=True),
+    Name("comfy.supported_models_base.BASE.supported_inference_dtypes", "dtypes a model type runs in"),
+    # --- the automatic budget ---------------------------------------------------------------------------
+    Name("comfy.model_management.get_free_memory", "VRAM free when a model loads for sampling", call=(1, ())),
+    Name("comfy.model_management.minimum_inference_memory", "headroom beside the activations", call=(0, ())),
+    Name("comfy.samplers.CFGGuider#cfg", "cfg 1 skips the uncond forward"),
+    Name("comfy.samplers.CFGGuider#original_conds", "how many conds share one forward"),
+    Name("comfy.samplers.CFGGuider#model_options", "disable_cfg1_optimization"),
     # --- the ModelPatcher base of StreamingModelPatcher ----------------------------------------------------
     Name(MP, "base class of StreamingModelPatcher", call=(3, ("weight_inplace_update",))),
     Name(f"{MP}.clone", "a clone shares the engine", override=True),

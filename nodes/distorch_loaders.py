@@ -30,6 +30,8 @@ from .streaming_patcher import StreamingModelPatcher
 log = logging.getLogger("distorch")
 CATEGORY = "distorch/streaming"
 
+# the core loaders' file inputs, in input order: they name the streamed model in metrics and logs
+MODEL_FILE_INPUTS = ("unet_name", "ckpt_name", "clip_name", "clip_name1", "clip_name2", "clip_name3")
 # core node -> (our node id, display name, which output is streamed and how to reach its ModelPatcher)
 VARIANTS: dict[str, tuple[str, str, int, str]] = {
     "UNETLoader": ("DisTorchUNETLoader", "Load Diffusion Model (DisTorch streaming)", 0, "model"),
@@ -107,10 +109,18 @@ def auto_budget_for(root: torch.nn.Module, request: StreamRequest) -> AutoBudget
                       link_topology(request, layout.total_bytes), default_reserve(root))
 
 
-def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions | None = None) -> StreamingModelPatcher:
+def model_label(inputs: dict[str, Any]) -> str | None:
+    """The model file(s) a loader node was given, e.g. ``clip_l.safetensors+t5xxl.safetensors``."""
+    files = [str(inputs[key]) for key in MODEL_FILE_INPUTS if inputs.get(key)]
+    return "+".join(files) or None
+
+
+def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions | None = None,
+                   name: str | None = None) -> StreamingModelPatcher:
     """Wrap a freshly loaded ModelPatcher so its model streams by the requested plan (engine options: the
-    defaults with the request's ring, unless given). With the automatic budget the plan printed now is for the
-    VRAM free now; the model re-plans when it is loaded for sampling (StreamingModelPatcher)."""
+    defaults with the request's ring, unless given; ``name``: what metrics call the model). With the automatic
+    budget the plan printed now is for the VRAM free now; the model re-plans when it is loaded for sampling
+    (StreamingModelPatcher)."""
     if comfy_adapter.is_dynamic_patcher(patcher):
         log.info("[DisTorch] %s came with ComfyUI's Dynamic VRAM patcher; DisTorch streams it through its own "
                  "ModelPatcher subclass instead, beside Dynamic VRAM managing the other models",
@@ -132,17 +142,17 @@ def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions 
     if plan.budget_raised:
         log.warning("[DisTorch] %s", plan.raised_message())
     options = options or EngineOptions(ring_slots=request.ring_slots, host_pin_cap_bytes=default_pin_cap())
-    return StreamingModelPatcher.wrap(patcher, plan, options, torch.device(request.compute_device), auto=auto)
+    return StreamingModelPatcher.wrap(patcher, plan, options, torch.device(request.compute_device), name, auto)
 
 
-def _stream_output(outputs: tuple, index: int, kind: str, request: StreamRequest) -> tuple:
+def _stream_output(outputs: tuple, index: int, kind: str, request: StreamRequest, name: str | None) -> tuple:
     outputs = list(outputs)
     target = outputs[index]
     if kind == "model":
-        outputs[index] = make_streaming(target, request)
+        outputs[index] = make_streaming(target, request, name=name)
     else:
         clip = target.clone()
-        clip.patcher = make_streaming(target.patcher, request)
+        clip.patcher = make_streaming(target.patcher, request, name=name)
         outputs[index] = clip
     return tuple(outputs)
 
@@ -167,7 +177,7 @@ def make_variant(core_name: str, core_cls: type) -> type:
 
     def load(self, **kwargs):
         request = request_from(kwargs)
-        return _stream_output(comfy_adapter.call_core(core_cls, kwargs), index, kind, request)
+        return _stream_output(comfy_adapter.call_core(core_cls, kwargs), index, kind, request, model_label(kwargs))
 
     attrs = {
         "INPUT_TYPES": classmethod(input_types), "VALIDATE_INPUTS": classmethod(validate_inputs),

@@ -5,8 +5,10 @@ ComfyUI's documented way for a custom node to add endpoints is to decorate handl
 imported. When the package is imported without a server (in-process use, tests), nothing is registered.
 
     GET  /distorch/devices    devices torch sees, with total and free memory
-    POST /distorch/preview    a placement preview of a model file, from its header only
+    POST /distorch/preview    a placement preview of a model file, from its header only, sized in the dtype
+                              ComfyUI will load it in (asked of ComfyUI through nodes.comfy_adapter)
     GET  /distorch/telemetry  the last prompts' streaming telemetry
+    GET  /distorch/metrics    streaming counters and gauges in the Prometheus text format (distorch.metrics)
 """
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from ..distorch import plan_preview
+from ..distorch import metrics, plan_preview
 from ..distorch.budget import AUTO, parse_virtual_vram
 from ..distorch.devices import available_devices, device_free_memory, device_total_memory
 from ..distorch.errors import AllocationError, DistorchError
+from ..distorch.registry import REGISTRY
+from ..distorch.safetensors_header import dtype_name, read_header, read_metadata
+from . import comfy_adapter
 
 log = logging.getLogger("distorch")
 
@@ -26,6 +31,7 @@ log = logging.getLogger("distorch")
 MODEL_FOLDERS: dict[str, str] = {
     "diffusion_models": "", "unet": "", "checkpoints": "model.diffusion_model.", "text_encoders": "", "clip": "",
 }
+TEXT_ENCODER_FOLDERS = frozenset({"text_encoders", "clip"})
 _MAX_FILES = 4  # TripleCLIPLoader takes three; anything much bigger is not a loader's input
 
 
@@ -82,17 +88,29 @@ def resolve_model_files(folder: str, names: list[str]) -> list[str]:
     return paths
 
 
+def load_dtype_name(folder: str, path: str, weight_dtype: str | None = "default") -> str | None:
+    """The safetensors name of the dtype ComfyUI will load ``path``'s weights in (None: as stored), asked of
+    ComfyUI the way the loader of ``folder`` asks it (``weight_dtype``: UNETLoader's input)."""
+    entries = read_header(path)
+    if folder in TEXT_ENCODER_FOLDERS:
+        dtype = comfy_adapter.text_encoder_load_dtype(entries)
+    else:
+        dtype = comfy_adapter.diffusion_model_load_dtype(entries, read_metadata(path), weight_dtype)
+    return dtype_name(dtype) if dtype is not None else None  # a dtype safetensors cannot name: as stored
+
+
 def preview_for(body: dict[str, Any]) -> dict[str, Any]:
     """The preview of a request body; raises LookupError / DistorchError / ValueError on bad input."""
     folder = body.get("model_folder", "diffusion_models")
     names = body.get("model_names") or [body.get("model_name")]
     paths = resolve_model_files(folder, names if isinstance(names, list) else [names])
+    weight_dtype = str(body.get("weight_dtype") or "default")
     result = plan_preview.preview(
         paths, compute_device=str(body.get("compute_device", "cpu")), device_totals=device_totals(),
         allocation_text=str(body.get("expert_allocation") or ""),
         virtual_vram_gb=parse_virtual_vram(body.get("virtual_vram_gb", AUTO)),
-        donor_device=str(body.get("donor_device", "cpu")),
-        prefix=MODEL_FOLDERS[folder], device_free=device_free(),
+        donor_device=str(body.get("donor_device", "cpu")), prefix=MODEL_FOLDERS[folder], device_free=device_free(),
+        load_dtypes=[load_dtype_name(folder, p, weight_dtype) for p in paths],
     )
     result["model_folder"] = folder
     return result
@@ -101,8 +119,6 @@ def preview_for(body: dict[str, Any]) -> dict[str, Any]:
 def telemetry_records(limit: int = 20) -> tuple[list[dict[str, Any]], bool]:
     """``(records, available)``: the last prompts' stats (``PromptStats.as_dict()``, written by the streaming
     patcher after each sampling run)."""
-    from ..distorch.registry import REGISTRY
-
     return REGISTRY.recent_prompt_stats()[-limit:], True
 
 
@@ -134,10 +150,15 @@ async def get_telemetry(request: web.Request) -> web.Response:
     return web.json_response({"records": records, "available": available})
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=metrics.render(REGISTRY).encode("utf-8"), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 ROUTES: tuple[tuple[str, str, Callable], ...] = (
     ("GET", "/distorch/devices", get_devices),
     ("POST", "/distorch/preview", post_preview),
     ("GET", "/distorch/telemetry", get_telemetry),
+    ("GET", "/distorch/metrics", get_metrics),
 )
 
 

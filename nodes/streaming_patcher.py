@@ -79,7 +79,8 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
 
     @classmethod
     def wrap(cls, base: comfy.model_patcher.ModelPatcher, plan: PlacementPlan, options: EngineOptions,
-             compute_device: torch.device, auto: AutoBudget | None = None) -> "StreamingModelPatcher":
+             compute_device: torch.device, name: str | None = None,
+             auto: AutoBudget | None = None) -> "StreamingModelPatcher":
         base.detach()
         patcher = cls(base.model, compute_device, torch.device("cpu"), weight_inplace_update=base.weight_inplace_update)
         patcher.patches = {k: v[:] for k, v in base.patches.items()}
@@ -90,7 +91,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         # non-block parts (model_sampling buffers...) move to the compute device as in a full load.
         if options.forward_root is None and isinstance(getattr(base.model, "diffusion_model", None), torch.nn.Module):
             options = dataclasses.replace(options, forward_root="diffusion_model")  # one call = one forward
-        patcher._attach(StreamingState(plan, StreamingEngine(base.model, plan, options), options, auto))
+        patcher._attach(StreamingState(plan, StreamingEngine(base.model, plan, options, name), options, auto))
         return patcher
 
     def _attach(self, state: StreamingState) -> None:
@@ -106,7 +107,8 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
             n.distorch = self.distorch  # one nn.Module, one engine
         else:  # a deep copy (newer ComfyUI's force_deepcopy / model_override): its own engine, same plan
             state = self.distorch
-            n._attach(StreamingState(state.plan, StreamingEngine(n.model, state.plan, state.options), state.options,
+            engine = StreamingEngine(n.model, state.plan, state.options, state.engine.name)
+            n._attach(StreamingState(state.plan, engine, state.options,
                                      dataclasses.replace(state.auto) if state.auto else None))
         return n
 

@@ -17,7 +17,8 @@ const COLORS = { resident: "#4caf50", ring: "#a5d6a7", stores: ["#42a5f5", "#ffa
 // model widget -> the model folder the server resolves it in (mirrors the core loaders' inputs)
 const MODEL_WIDGETS = [["unet_name", "diffusion_models"], ["ckpt_name", "checkpoints"], ["clip_name", "text_encoders"],
   ["clip_name1", "text_encoders"], ["clip_name2", "text_encoders"], ["clip_name3", "text_encoders"]];
-const PLAN_INPUTS = ["compute_device", "virtual_vram_gb", "donor_device", "expert_allocation"];
+// weight_dtype (UNETLoader's) changes the bytes ComfyUI loads, so the preview is sized with it too
+const PLAN_INPUTS = ["compute_device", "virtual_vram_gb", "donor_device", "expert_allocation", "weight_dtype"];
 
 // decimal units like the console plan table ("679.66 MB", "12.14 GB"): a 50 MB model must not read "0.05 GB"
 function bytes(n) {
@@ -140,11 +141,17 @@ function errorLines(error, width) {
   return wrap(readable(error.error) + where, inner(width), ERROR_LINES);
 }
 
+// "in fp32": the dtype(s) ComfyUI loads the file(s) in, which sizes the plan (absent from older servers)
+function loadedAs(preview) {
+  const labels = [...new Set((preview.loaded_as || []).filter(Boolean))];
+  return labels.length ? ` in ${labels.join(" + ")}` : "";
+}
+
 function previewLines(state, width) {
   // [kind, payload] in drawing order: a heading, then per device a bar and its wrapped label
   if (state.error) return errorLines(state.error, width).map((line) => ["error", line]);
   const p = state.preview;
-  const lines = wrap(`DisTorch plan: ${bytes(p.model_bytes)}, ${blocks(p.block_count)}`, inner(width))
+  const lines = wrap(`DisTorch plan: ${bytes(p.model_bytes)}${loadedAs(p)}, ${blocks(p.block_count)}`, inner(width))
     .map((line) => ["heading", line]);
   for (const row of deviceRows(p)) {
     lines.push(["bar", row]);

@@ -32,6 +32,7 @@ def instances(comfy_nodes, models) -> dict[str, Any]:
     """One real object of each class whose instance attributes are listed, built from the tiny models."""
     import comfy.model_management
     import comfy.model_patcher
+    import comfy.samplers
 
     def run(node_id: str, **inputs):
         cls = comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
@@ -47,6 +48,7 @@ def instances(comfy_nodes, models) -> dict[str, Any]:
         "comfy.clip_vision.ClipVisionModel": run("CLIPVisionLoader", clip_name=models["clip_vision"].name),
         "comfy.controlnet.ControlNet": run("ControlNetLoader", control_net_name=models["controlnet_sd15_tiny"].name),
         "comfy.model_base.BaseModel": unet.model,
+        "comfy.samplers.CFGGuider": comfy.samplers.CFGGuider(unet),
     }
 
 

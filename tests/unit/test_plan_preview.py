@@ -10,7 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from distorch.errors import AllocationError, BudgetError, DistorchError
+from distorch.layout import align_up, layout_model
 from distorch.plan_preview import HeaderError, block_of, preview, read_header, read_layout, tensor_bytes
+from distorch.safetensors_header import read_metadata
+from toy_models import make_model
 
 GIB = 1024**3
 
@@ -39,14 +42,67 @@ def test_blocks_come_in_execution_order_not_header_order(tmp_path):
     assert header.index("single_blocks.10.linear1.weight") < header.index("single_blocks.2.linear1.weight")
 
 
-def test_block_bytes_are_the_sum_of_their_tensor_sizes(tmp_path):
+def test_block_bytes_are_the_sum_of_their_tensor_sizes_each_aligned_as_the_engine_packs_them(tmp_path):
     layout = read_layout(flux_like(tmp_path))
     sizes = dict(layout.blocks)
-    assert sizes["double_blocks.0"] == 32 * 32 * 4 + 96 * 2
+    assert sizes["double_blocks.0"] == align_up(32 * 32 * 4) + align_up(96 * 2) == 4096 + 256
     assert sizes["single_blocks.11"] == 16 * 32 * 4
-    # adaLN_modulation.1 is a numbered child but not a block list: it counts as other bytes
+    # adaLN_modulation.1 is a numbered child but not a block list: it counts as other bytes (never padded)
     assert layout.other_bytes == 16 * 8 * 4 + 4 * 4 * 4
-    assert layout.model_bytes == tensor_bytes([tmp_path / "flux.safetensors"])
+    assert layout.file_bytes == tensor_bytes([tmp_path / "flux.safetensors"]) < layout.model_bytes
+
+
+def test_a_load_dtype_sizes_every_floating_tensor_in_that_dtype_and_leaves_integer_tensors_alone(tmp_path):
+    path = write(tmp_path / "m.safetensors", {"double_blocks.0.w": torch.zeros(64, 64, dtype=torch.bfloat16),
+                                              "double_blocks.0.steps": torch.zeros(64, dtype=torch.int64),
+                                              "img_in.weight": torch.zeros(10, dtype=torch.float16)})
+    as_stored, as_fp32 = read_layout(path), read_layout(path, load_dtypes=["F32"])
+    assert dict(as_stored.blocks) == {"double_blocks.0": 64 * 64 * 2}
+    assert dict(as_fp32.blocks) == {"double_blocks.0": 64 * 64 * 4}
+    # integer tensors keep their dtype, and the engine leaves them outside the packed block
+    assert (as_stored.other_bytes, as_fp32.other_bytes) == (64 * 8 + 10 * 2, 64 * 8 + 10 * 4)
+    assert as_stored.file_bytes == as_fp32.file_bytes == tensor_bytes([path])
+
+
+@pytest.mark.parametrize("load_dtypes", [["fp32"], ["I64"], ["F32", "F32"]])
+def test_load_dtypes_must_name_one_floating_safetensors_dtype_per_file(tmp_path, load_dtypes):
+    with pytest.raises(ValueError, match="load_dtypes"):
+        read_layout(flux_like(tmp_path), load_dtypes=load_dtypes)
+
+
+@pytest.mark.parametrize("stored, loaded, name", [(torch.bfloat16, torch.float32, "F32"),
+                                                   (torch.float32, torch.float16, "F16"),
+                                                   (torch.float16, torch.float8_e4m3fn, "F8_E4M3")])
+def test_a_header_with_the_load_dtype_gives_the_engines_own_layout_of_the_loaded_model(
+        tmp_path, stored, loaded, name):
+    model = make_model(stored, doubles=3, singles=5)
+    path = write(tmp_path / "toy.safetensors", model.state_dict())
+    engine = layout_model(model.to(loaded))  # what ComfyUI holds after loading the file in that dtype
+    preview_layout = read_layout(path, load_dtypes=[name])
+    assert preview_layout.blocks == tuple(engine.block_sizes)
+    assert preview_layout.model_bytes == engine.total_bytes
+
+
+class TinyUNet(torch.nn.Module):
+    """ComfyUI's UNet shape: lists of sequentials whose layers the model code runs one by one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        sequential = lambda *widths: torch.nn.Sequential(*(torch.nn.Linear(w, w) for w in widths))  # noqa: E731
+        self.input_blocks = torch.nn.ModuleList([sequential(4), sequential(8, 4)])
+        self.middle_block = sequential(4, 4)
+        self.output_blocks = torch.nn.ModuleList([sequential(4, 8, 2)])
+        self.out = torch.nn.Linear(2, 2)
+
+
+def test_unet_blocks_are_the_layers_of_each_sequential_as_the_engine_streams_them(tmp_path):
+    model = TinyUNet()
+    path = write(tmp_path / "unet.safetensors", model.state_dict())
+    engine = layout_model(model)
+    assert read_layout(path).blocks == tuple(engine.block_sizes)
+    assert [name for name, _ in engine.block_sizes] == [
+        "input_blocks.0.0", "input_blocks.1.0", "input_blocks.1.1",
+        "output_blocks.0.0", "output_blocks.0.1", "output_blocks.0.2"]
 
 
 def test_unet_middle_block_sorts_between_input_and_output_blocks(tmp_path):
@@ -56,15 +112,16 @@ def test_unet_middle_block_sorts_between_input_and_output_blocks(tmp_path):
     tensors["first_stage_model.decoder.conv_in.weight"] = torch.zeros(8)
     layout = read_layout(write(tmp_path / "ckpt.safetensors", tensors), prefix="model.diffusion_model.")
     assert [n for n, _ in layout.blocks] == [
-        "input_blocks.2", "input_blocks.11", "middle_block.1.transformer_blocks.0", "output_blocks.0"]
+        "input_blocks.2.0", "input_blocks.11.0", "middle_block.1.transformer_blocks.0", "output_blocks.0.0"]
     assert layout.excluded_bytes == 8 * 4  # the VAE is not part of the streamed model
 
 
 @pytest.mark.parametrize("key, block", [
-    ("text_model.encoder.layers.5.mlp.fc1.weight", ("text_model.encoder.", "layers", 5)),
-    ("encoder.block.11.layer.0.SelfAttention.q.weight", ("encoder.", "block", 11)),
-    ("transformer_blocks.7.attn.to_q.weight", ("", "transformer_blocks", 7)),
-    ("input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight", ("", "input_blocks", 1)),
+    ("text_model.encoder.layers.5.mlp.fc1.weight", ("text_model.encoder.", "layers", (5,))),
+    ("encoder.block.11.layer.0.SelfAttention.q.weight", ("encoder.", "block", (11,))),
+    ("transformer_blocks.7.attn.to_q.weight", ("", "transformer_blocks", (7,))),
+    ("input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight", ("", "input_blocks", (1, 1))),
+    ("output_blocks.2.weight", ("", "output_blocks", (2,))),  # a list element without layers
     ("final_layer.adaLN_modulation.1.weight", None),
     ("double_blocks.3", None),  # an index must be followed by a tensor name
     ("img_in.weight", None),
@@ -77,7 +134,7 @@ def test_several_files_are_one_model_with_file_tagged_block_names(tmp_path):
     clip = write(tmp_path / "clip.safetensors", {"text_model.encoder.layers.0.w": torch.zeros(2)})
     t5 = write(tmp_path / "t5.safetensors", {"encoder.block.0.w": torch.zeros(3), "shared.weight": torch.zeros(5)})
     layout = read_layout([clip, t5])
-    assert layout.blocks == (("0/text_model.encoder.layers.0", 8), ("1/encoder.block.0", 12))
+    assert layout.blocks == (("0/text_model.encoder.layers.0", 256), ("1/encoder.block.0", 256))
     assert layout.other_bytes == 20 and layout.files == ("clip.safetensors", "t5.safetensors")
 
 
@@ -134,17 +191,32 @@ def test_a_corrupt_header_names_the_problem(tmp_path, header, problem):
         read_header(path)
 
 
-def test_metadata_is_not_a_tensor(tmp_path):
+def test_metadata_is_not_a_tensor_and_is_read_on_its_own(tmp_path):
     path = tmp_path / "meta.safetensors"
     save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "pt"})
     assert list(read_header(path)) == ["w"]
+    assert read_metadata(path) == {"format": "pt"}
+    assert read_metadata(write(tmp_path / "none.safetensors", {"w": torch.zeros(2)})) == {}
 
 
-def test_preview_bytes_per_device_add_up_to_the_file_tensor_bytes(tmp_path):
+def test_preview_bytes_per_device_add_up_to_the_model_as_loaded(tmp_path):
     path = flux_like(tmp_path)
-    result = preview(path, "cpu", {"cpu": 64 * GIB}, virtual_vram_gb=0.0)
-    assert sum(result["bytes_by_device"].values()) == tensor_bytes([path]) == result["model_bytes"]
+    result = preview(path, "cpu", {"cpu": 64 * GIB}, virtual_vram_gb=0.0, load_dtypes=["F16"])
+    assert sum(result["bytes_by_device"].values()) == result["model_bytes"]
+    assert result["model_bytes"] == read_layout(path, load_dtypes=["F16"]).model_bytes
+    assert result["file_bytes"] == tensor_bytes([path]) and result["loaded_as"] == ["fp16"]
     json.dumps(result)  # the route returns it as is
+
+
+def test_the_preview_plans_exactly_when_the_budget_reaches_the_minimum_it_reports(tmp_path):
+    path, totals = flux_like(tmp_path), {"cpu": 64 * GIB}
+    planned = preview(path, "cpu", totals, virtual_vram_gb=0.0)
+    most_streamable = planned["model_bytes"] - planned["minimum_budget_bytes"]
+    at_minimum = preview(path, "cpu", totals, virtual_vram_gb=most_streamable / 1e9)
+    assert at_minimum["devices"][0]["budget_bytes"] == planned["minimum_budget_bytes"]
+    assert at_minimum["warning"] is None
+    below = preview(path, "cpu", totals, virtual_vram_gb=(most_streamable + 1) / 1e9)
+    assert "below the minimum" in below["warning"]  # one byte short: the minimum plan, with a warning
 
 
 def test_preview_streams_evenly_spaced_blocks_to_the_store_by_allocation(tmp_path):
@@ -154,7 +226,7 @@ def test_preview_streams_evenly_spaced_blocks_to_the_store_by_allocation(tmp_pat
     result = preview(path, "cuda:0", totals, allocation_text=f"cuda:0,{model // 2}b;cpu,*")
     compute, store = result["devices"]
     assert (compute["device"], store["device"], store["role"]) == ("cuda:0", "cpu", "store")
-    assert compute["bytes"] + store["bytes"] == model and store["blocks"] > 0
+    assert compute["bytes"] + store["bytes"] == result["model_bytes"] and store["blocks"] > 0
     streamed = [name for name, where in result["plan"]["streamed"]]
     assert "double_blocks.0" not in streamed  # the head block stays resident
     assert len(result["plan"]["resident"]) + len(streamed) == result["block_count"]

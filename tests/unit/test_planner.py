@@ -2,7 +2,7 @@
 import pytest
 
 from distorch.errors import BudgetError
-from distorch.planner import PlacementPlan, StoreBudget, plan_placement, spread_evenly
+from distorch.planner import PlacementPlan, StoreBudget, minimum_weight_budget, plan_placement, spread_evenly
 
 CPU = [StoreBudget("cpu")]
 
@@ -127,3 +127,15 @@ def test_table_lists_devices_roles_and_transfer_time():
     table = plan.table()
     assert "cuda:0" in table and "store" in table and "compute" in table
     assert "expected transfer per forward: 100 ms" in table  # 5 GB at 50 GB/s
+
+
+@pytest.mark.parametrize("sizes, ring_slots, head", [
+    ([100] * 10, 3, 1), ([10, 900, 50, 50, 400, 30], 2, 1), ([500, 20, 20, 20], 1, 0), ([7], 2, 1), ([], 2, 1)])
+def test_the_minimum_budget_is_exactly_where_planning_starts_to_succeed(sizes, ring_slots, head):
+    blocks = [(f"blocks.{i}", n) for i, n in enumerate(sizes)]
+    minimum = minimum_weight_budget(blocks, 40, ring_slots, head, activation_reserve_bytes=5)
+    plan = plan_placement(blocks, 40, "cuda:0", minimum, CPU, ring_slots, head, activation_reserve_bytes=5)
+    assert plan.device_footprint_bytes + 5 <= minimum
+    assert not plan.budget_raised
+    below = plan_placement(blocks, 40, "cuda:0", minimum - 1, CPU, ring_slots, head, activation_reserve_bytes=5)
+    assert below.budget_raised and below.device_footprint_bytes + 5 == minimum

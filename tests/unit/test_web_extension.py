@@ -59,14 +59,15 @@ def texts(drawing: dict) -> str:
 def test_a_new_node_asks_for_a_preview_of_its_model_and_inputs(report):
     (request,) = report["first"]["requests"]
     assert request["route"] == "/distorch/preview" and request["method"] == "POST"
+    # weight_dtype too: it changes the dtype ComfyUI loads the model in, hence the bytes the plan places
     assert request["body"] == {"model_folder": "diffusion_models", "model_names": ["distorch-tiny-flux.safetensors"],
                                "compute_device": "cuda:0", "virtual_vram_gb": 4.0, "donor_device": "cpu",
-                               "expert_allocation": ""}
+                               "expert_allocation": "", "weight_dtype": "default"}
 
 
 def test_the_preview_draws_one_labelled_bar_per_device(report):
     drawn = texts(report["first"]["drawing"])
-    assert "DisTorch plan: 2.00 GB, 2 blocks" in drawn
+    assert "DisTorch plan: 2.00 GB in fp32, 2 blocks" in drawn  # sized as ComfyUI will load it
     # sizes below 1 GB in MB, as in the console plan table
     assert "cuda:0: compute 1.20 GB (1 block) + ring 300.00 MB of 24.00 GB" in drawn
     assert "cpu: streams 800.00 MB (1 block) of 64.00 GB" in drawn

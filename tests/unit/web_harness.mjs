@@ -41,7 +41,7 @@ const node = new Type();
 node.onNodeCreated();
 app.graph._nodes.push(node);
 
-answers.push({ status: 200, body: { model_bytes: 2e9, block_count: 2, devices: [
+answers.push({ status: 200, body: { model_bytes: 2e9, block_count: 2, loaded_as: ["fp32"], devices: [
   { device: "cuda:0", role: "compute", bytes: 1.2e9, ring_bytes: 3e8, blocks: 1, total_bytes: 24e9 },
   { device: "cpu", role: "store", bytes: 8e8, blocks: 1, total_bytes: 64e9 }] } });
 await sleep(500);
