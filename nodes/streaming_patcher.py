@@ -141,10 +141,10 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
 
     def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
         with self.use_ejected(skip_and_inject_on_exit_only=True):
-            before = self.model.model_loaded_weight_memory if self.distorch.engine.is_loaded else 0
             self.patch_model(load_weights=False)
             if self.distorch.auto is not None:
                 self._replan_for_free_vram(torch.device(device_to))
+            before = self.model.model_loaded_weight_memory if self.distorch.engine.is_loaded else 0
             if not self.distorch.engine.is_loaded or self.model.current_weight_patches_uuid != self.patches_uuid:
                 try:
                     self.load(device_to)

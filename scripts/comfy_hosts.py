@@ -85,6 +85,15 @@ def current_host() -> Host:
     return Host(Path(root).resolve(), Path(site).resolve() if site else None, Path(base).resolve() if base else None)
 
 
+def newest_host() -> Host:
+    """``DISTORCH_COMFY_ROOT`` if set, else the newest bundled host that is set up here (what users run today,
+    falling back to 0.3.75)."""
+    if os.environ.get(ENV_ROOT):
+        return current_host()
+    ready = [b.host for b in BUNDLED if b.unavailable() is None and (b.host.root / "main.py").is_file()]
+    return ready[-1] if ready else BUNDLED[0].host
+
+
 def use_site_layer(host: Host) -> None:
     """Put the host's site layer first on this process's sys.path (a child gets it from :meth:`Host.env`)."""
     if host.site is not None and str(host.site) not in sys.path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import random
 import sys
 import time
@@ -20,7 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_server import ROOT, ComfyServer, ServerError, ensure_models, execution_error, load_graph  # noqa: E402
+from comfy_hosts import newest_host  # noqa: E402
+
+# The demo runs on the newest ComfyUI set up here (or DISTORCH_COMFY_ROOT): pick it before comfy_server reads it.
+os.environ.update(newest_host().env())
+
+from comfy_server import HOST, ROOT, ComfyServer, ServerError, ensure_models, execution_error, load_graph  # noqa: E402
 
 WORKFLOWS = [ROOT / "workflows" / "flux_devices.api.json", ROOT / "workflows" / "sd_streaming.api.json"]
 LOG_MARK = "distorch: "
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with ComfyServer(log_path=ROOT / ".host" / "logs" / "demo-server.log",
                      output_dir=ROOT / ".host" / "demo-output") as server:
-        print(f"ComfyUI up at {server.url} in {time.perf_counter() - t0:.1f} s (log: {server.log_path})")
+        print(f"{HOST.name} up at {server.url} in {time.perf_counter() - t0:.1f} s (log: {server.log_path})")
         for path, graph in graphs:
             if run_one(server, path, graph) != 0:
                 return 1
