@@ -166,7 +166,8 @@ class ComfyServer:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
+                body = response.read()
+                return json.loads(body) if body.strip() else None  # POST /free answers 200 with no body
         except urllib.error.HTTPError as error:  # 400 = validation failed; its body says why
             raise ServerError(f"POST {path}: {error.code} {error.read().decode(errors='replace')}") from None
 

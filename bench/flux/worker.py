@@ -21,7 +21,6 @@ import torch
 
 from . import harness, observe, report
 from .dynamic_vram import aimdo_vram_bytes, memory_path
-from .harness import GB
 from .occupy import GIB, Occupation, occupy
 
 log = logging.getLogger("bench")
