@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ours-budget", type=names, default=["auto"],
                     help="comma list: auto (virtual_vram_gb=None) and/or GB values; one ours case each")
     ap.add_argument("--dynamic-vram", choices=["on", "off"], default="on", help="on hosts that have it")
+    ap.add_argument("--cuda-malloc", choices=["host", "off"], default="host",
+                    help="host: torch's cudaMallocAsync backend, as both hosts' main.py set it on an NVIDIA GPU "
+                         "with a +cu torch (cuda_malloc.py); off: torch's native caching allocator")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
@@ -93,10 +97,20 @@ def apply_tiny(opts: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
     opts.model = opts.model or TINY_MODEL
 
 
+def worker_env(opts: argparse.Namespace) -> dict[str, str]:
+    """The workers' environment: ours, plus the allocator backend main.py would pick (set before CUDA starts)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    conf = env.get("PYTORCH_CUDA_ALLOC_CONF")
+    if not opts.cpu and opts.cuda_malloc == "host" and "cudaMallocAsync" not in (conf or ""):
+        env["PYTORCH_CUDA_ALLOC_CONF"] = f"{conf},backend:cudaMallocAsync" if conf else "backend:cudaMallocAsync"
+    return env
+
+
 def resolve_hosts(opts: argparse.Namespace) -> list:
     from comfy_hosts import Host
     from flux.compare import HostTree
 
+    base_env = worker_env(opts)
     trees = []
     for version in opts.hosts:
         root = opts.hosts_dir / f"comfyui-{version}"
@@ -104,7 +118,7 @@ def resolve_hosts(opts: argparse.Namespace) -> list:
             raise SystemExit(f"no ComfyUI {version} at {root} (--hosts-dir)")
         site = opts.hosts_dir / f"site-{version}"
         host = Host(root.resolve(), site.resolve() if site.is_dir() else None)
-        trees.append(HostTree(host.version, host.root, {**os.environ, **host.env(), "PYTHONUNBUFFERED": "1"}))
+        trees.append(HostTree(host.version, host.root, {**base_env, **host.env()}))
     return trees
 
 
@@ -162,6 +176,9 @@ def drive(opts: argparse.Namespace) -> int:
     start = time.monotonic()
     work = opts.work_dir or Path(tempfile.mkdtemp(prefix="distorch-compare-"))
     work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "latents", ignore_errors=True)  # a stale line or reference latent must never be read
+    for stale in work.glob("worker*.jsonl"):
+        stale.unlink()
     log_path = opts.log or (opts.out.with_suffix(".log") if opts.out else work / "workers.log")
     reporter = report.Reporter(opts.out)
     specs = compare.build_specs(opts, resolve_hosts(opts), work)

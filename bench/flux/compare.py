@@ -172,7 +172,7 @@ CASE_HEADER = ("case", "s/it", "x bound", "ours/core", "first step", "fwd/step",
 
 def case_row(r: dict[str, Any]) -> tuple[str, ...]:
     if "s_per_it" not in r:
-        return (r["case"], "ERROR", (r.get("error") or "")[:70], "", "", "", "", "", "", "")
+        return (r["case"], "ERROR", "", "", "", "", "", "", "", (r.get("error") or "")[:90])
     path = r.get("memory_path") or {}
     return (r["case"], fmt(r["s_per_it"], "{:.3f}"), fmt(r.get("measured_over_bound"), "{:.3f}"),
             fmt(r.get("ours_over_core"), "{:.3f}"), fmt(r.get("first_step_incl_load_s"), "{:.2f}"),
