@@ -38,7 +38,8 @@ def init_control(args: Any) -> bool:
     reserve = getattr(args, "reserve_vram", None)
     headroom = None if reserve is None else int(reserve * GIB)
     try:
-        ok = control.init(simple_vram_headroom=headroom, nvml_pressure=not getattr(args, "disable_nvml_pressure", False))
+        nvml_pressure = not getattr(args, "disable_nvml_pressure", False)
+        ok = control.init(simple_vram_headroom=headroom, nvml_pressure=nvml_pressure)
     except TypeError:
         try:
             ok = control.init(simple_vram_headroom=headroom)

@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--memory-tolerance-gib", type=float, default=1.0, help="for 'memory given back' checks")
     ap.add_argument("--prompt-timeout", type=float, default=240.0)
     ap.add_argument("--out", type=Path, default=None, help="append the JSON lines here too")
-    ap.add_argument("--work-dir", type=Path, default=None, help="server log, occupier log, latents")
+    ap.add_argument("--work-dir", type=Path, default=None, help="occupier log, latents, the server's base")
+    ap.add_argument("--server-log", type=Path, default=None, help="ComfyUI's log (default: <work-dir>/server.log)")
     ap.add_argument("--tiny", action="store_true", help="tiny Flux + CLIP-L, 64 px, 2 steps, budget 0 GB")
     ap.add_argument("--cpu", action="store_true", help="ComfyUI --cpu: no occupier, no Dynamic VRAM")
     return ap
@@ -95,9 +96,9 @@ class Checks:
 
     def summary(self) -> dict[str, Any]:
         counted = [c for c in self.items if not c.get("informational")]
-        rec = {"check": "summary", "passed": not self.failed(), "checks_passed": sum(c["passed"] is True for c in counted),
-               "checks_failed": len(self.failed()), "checks_skipped": sum(c["passed"] is None for c in counted),
-               "failed": self.failed()}
+        rec = {"check": "summary", "passed": not self.failed(),
+               "checks_passed": sum(c["passed"] is True for c in counted), "checks_failed": len(self.failed()),
+               "checks_skipped": sum(c["passed"] is None for c in counted), "failed": self.failed()}
         self.emit(**rec)
         rows = [("check", "passed", "")] + [(c["check"], str(c["passed"]), "info" if c.get("informational") else "")
                                              for c in self.items[:-1]]
@@ -134,9 +135,10 @@ class Coexistence:
         root = self.o.hosts_dir / f"comfyui-{self.o.host}"
         site = self.o.hosts_dir / f"site-{self.o.host}"
         host = Host(root.resolve(), site.resolve() if site.is_dir() else None)
-        self.server = ComfyServer(log_path=self.work / "server.log", output_dir=self.work / "output",
-                                  extra_custom_nodes=[PROBE_NODES], gpu=not self.o.cpu, host=host,
-                                  base_dir=self.work / "base", models_dir=self.o.models_dir, start_timeout=240)
+        self.server = ComfyServer(log_path=self.o.server_log or self.work / "server.log",
+                                  output_dir=self.work / "output", extra_custom_nodes=[PROBE_NODES],
+                                  gpu=not self.o.cpu, host=host, base_dir=self.work / "base",
+                                  models_dir=self.o.models_dir, start_timeout=240)
         t0 = time.monotonic()
         self.server.start()
         info = self.server.get("/object_info", timeout=60)
@@ -257,9 +259,9 @@ class Coexistence:
         """After core's Flux ran: our engine was unloaded to make room (a CPU never needs the room)."""
         if report is None:
             return self.checks.emit("loading another model evicts ours", False, error="the core prompt failed")
-        engines = report["distorch_engines"]
+        engines = report["distorch_engines"]  # an engine collected with its model counts as unloaded
         ours_listed = [m for m in report["loaded_models"] if m.get("patcher") == "StreamingModelPatcher"]
-        evicted = bool(engines) and not any(e["loaded"] for e in engines) and not ours_listed
+        evicted = not any(e["loaded"] for e in engines) and not ours_listed
         self.checks.emit("loading another model evicts ours", None if self.o.cpu else evicted, engines=engines,
                          loaded_models=report["loaded_models"], device_free_bytes=report.get("device_free_bytes"),
                          torch_allocated_bytes=report.get("torch_allocated_bytes"))
@@ -272,7 +274,8 @@ class Coexistence:
                 continue
             self.checks.emit(f"cfg{cfg:g}: cond+uncond batched where core batches",
                              o["batched"] if c["batched"] else None, informational=not c["batched"],
-                             ours_forwards_per_step=o["forwards_per_step"], core_forwards_per_step=c["forwards_per_step"],
+                             ours_forwards_per_step=o["forwards_per_step"],
+                             core_forwards_per_step=c["forwards_per_step"],
                              ours_forwards=o["forwards"][:4], core_forwards=c["forwards"][:4])
 
     def check_coexistence(self, report: dict[str, Any] | None, cfg: float) -> None:

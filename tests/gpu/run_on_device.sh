@@ -40,7 +40,7 @@ TESTS_TIMEOUT="${TESTS_TIMEOUT:-300}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-420}"
 COMPARE_DEADLINE="${COMPARE_DEADLINE:-450}"  # the driver skips cases that would start later
 COMPARE_TIMEOUT="${COMPARE_TIMEOUT:-$((COMPARE_DEADLINE + 60))}"
-COEXIST_TIMEOUT="${COEXIST_TIMEOUT:-480}"
+COEXIST_TIMEOUT="${COEXIST_TIMEOUT:-450}"
 COEXIST_HOST="${COEXIST_HOST:-0.33.0}"
 export PYTHONUNBUFFERED=1 MODELS_DIR COMFY_ROOT
 mkdir -p "$OUT"
@@ -111,9 +111,9 @@ part_coexist() {
   # shellcheck disable=SC2086
   timeout "$COEXIST_TIMEOUT" "$PY" tests/gpu/dynamic_vram_coexistence.py --host "$COEXIST_HOST" \
     --hosts-dir "$ROOT/.host" --models-dir "$MODELS_DIR" --out "$OUT/coexist.jsonl" \
-    --work-dir /tmp/distorch-coexist ${COEXIST_ARGS:-} 2>>"$OUT/setup.log" | grep -v '^{'
+    --server-log "$OUT/coexist_server.log" --work-dir /tmp/distorch-coexist ${COEXIST_ARGS:-} \
+    2>>"$OUT/setup.log" | grep -v '^{'
   local rc=${PIPESTATUS[0]}
-  cp /tmp/distorch-coexist/server.log "$OUT/coexist_server.log" 2>/dev/null
   cat /tmp/distorch-coexist/occupier.log >>"$OUT/setup.log" 2>/dev/null
   log "coexist rc=$rc in $((SECONDS - t0)) s"
 }
