@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from comfy_hosts import MODELS_DIR, ROOT, WEB_ROOT, current_host, prepare_base, use_site_layer
+from comfy_hosts import MODELS_DIR, ROOT, WEB_ROOT, Host, current_host, prepare_base, use_site_layer
 
 HOST = current_host()  # DISTORCH_COMFY_ROOT, else ComfyUI 0.3.75 (scripts/comfy_hosts.py)
 COMFY_ROOT = HOST.root
@@ -48,12 +48,28 @@ def ensure_models(model_set: str = "tiny") -> dict[str, Path]:
     return _ensure(MODELS_DIR, model_set=model_set, device="cpu", comfy_root=COMFY_ROOT)
 
 
+# ComfyUI's model folders a server started with ``models_dir`` also searches (extra-paths yaml).
+MODEL_FOLDERS = ("diffusion_models", "checkpoints", "text_encoders", "clip", "vae", "loras", "clip_vision",
+                 "controlnet")
+
+
 class ComfyServer:
-    """Start ComfyUI on a free port; ``extra_custom_nodes`` are extra plugin folders (test probes)."""
+    """Start ComfyUI on a free port; ``extra_custom_nodes`` are extra plugin folders (test probes).
+
+    ``gpu``: leave out ``--cpu`` (ComfyUI picks the GPU; 0.33 then enables Dynamic VRAM by itself on NVIDIA).
+    ``host``/``base_dir``: another ComfyUI tree / --base-directory than the process's current host (a private
+    base keeps a shared one's plugin link untouched). ``models_dir``: one more models folder (ComfyUI layout),
+    searched besides the base's. ``extra_args``: appended to main.py's command line."""
 
     def __init__(self, log_path: Path | None = None, output_dir: Path | None = None,
                  extra_custom_nodes: list[Path] = (), python: str = sys.executable,
-                 start_timeout: float = 180.0) -> None:
+                 start_timeout: float = 180.0, gpu: bool = False, host: Host | None = None,
+                 base_dir: Path | None = None, models_dir: Path | None = None, extra_args: list[str] = ()) -> None:
+        host = host or HOST
+        self.host = Host(host.root, host.site, Path(base_dir) if base_dir else host.base)
+        self.gpu = gpu
+        self.models_dir = Path(models_dir).resolve() if models_dir else None
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.work = Path(tempfile.mkdtemp(prefix="distorch-comfy-"))
@@ -66,12 +82,13 @@ class ComfyServer:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def command(self) -> list[str]:
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(BASE_DIR),
-               "--front-end-root", str(WEB_ROOT), "--output-directory", str(self.output_dir)]
-        if self.extra_custom_nodes:
+        cmd = [self.python, "main.py"] + ([] if self.gpu else ["--cpu"]) + [
+            "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch", "--disable-api-nodes",
+            "--base-directory", str(self.host.base_dir), "--front-end-root", str(WEB_ROOT),
+            "--output-directory", str(self.output_dir)]
+        if self.extra_custom_nodes or self.models_dir:
             cmd += ["--extra-model-paths-config", str(self._extra_paths_file())]
-        return cmd
+        return cmd + self.extra_args
 
     def _extra_paths_file(self) -> Path:
         """A custom_nodes folder of symlinks, announced to ComfyUI through an extra-paths yaml."""
@@ -82,7 +99,11 @@ class ComfyServer:
             if not link.exists():
                 link.symlink_to(plugin, target_is_directory=True)
         config = self.work / "extra_paths.yaml"
-        config.write_text(f"distorch_extra:\n  base_path: {self.work}\n  custom_nodes: custom_nodes\n")
+        text = f"distorch_extra:\n  base_path: {self.work}\n  custom_nodes: custom_nodes\n"
+        if self.models_dir:
+            text += f"distorch_models:\n  base_path: {self.models_dir}\n"
+            text += "".join(f"  {folder}: {folder}\n" for folder in MODEL_FOLDERS)
+        config.write_text(text)
         return config
 
     def start(self) -> ComfyServer:
@@ -90,10 +111,10 @@ class ComfyServer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
-        prepare_base(HOST)
-        env = {**os.environ, **HOST.env(), "PYTHONUNBUFFERED": "1"}
+        prepare_base(self.host)
+        env = {**os.environ, **self.host.env(), "PYTHONUNBUFFERED": "1"}
         # Own session = own process group: stop() kills the server and anything it spawned, nothing else.
-        self.process = subprocess.Popen(self.command(), cwd=COMFY_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(self.command(), cwd=self.host.root, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.close()
         self._wait_ready()
@@ -145,7 +166,8 @@ class ComfyServer:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
+                body = response.read()
+                return json.loads(body) if body.strip() else None  # POST /free answers 200 with no body
         except urllib.error.HTTPError as error:  # 400 = validation failed; its body says why
             raise ServerError(f"POST {path}: {error.code} {error.read().decode(errors='replace')}") from None
 

@@ -26,8 +26,13 @@ log = logging.getLogger("bench")
 # --------------------------------------------------------------------------------------------------
 # set-up: ComfyUI in-process, the project as a package
 # --------------------------------------------------------------------------------------------------
-def setup_comfy(root: Path, cpu: bool) -> dict[str, Any]:
-    """Import ComfyUI the way its own tests do, without argv parsing; CUDA unless `cpu`."""
+def setup_comfy(root: Path, cpu: bool, dynamic_vram: bool = False) -> dict[str, Any]:
+    """Import ComfyUI the way its own tests do, without argv parsing; CUDA unless `cpu`. `dynamic_vram`: switch
+    Dynamic VRAM on as 0.33's main.py does, where this ComfyUI has it (`dynamic_vram` in the result says
+    whether it really is on, `dynamic_vram_note` why not); a host that has it but was not asked runs the
+    legacy path (--disable-dynamic-vram)."""
+    from . import dynamic_vram as dyn
+
     root = root.resolve()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
@@ -36,15 +41,27 @@ def setup_comfy(root: Path, cpu: bool) -> dict[str, Any]:
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
 
+    args = comfy.cli_args.args
     if cpu:
-        comfy.cli_args.args.cpu = True
+        args.cpu = True
+    wanted = dynamic_vram and not cpu and dyn.generation_present()
+    if not wanted:
+        dyn.disable(args)
+    control_ready = dyn.init_control(args) if wanted else False
     import comfy.model_management as mm
     import utils.extra_config  # noqa: F401  (before `nodes`, else nodes_images fails: 'utils' is not a package)
     import nodes  # noqa: F401  (top-level ComfyUI nodes: our loaders look core nodes up here)
     import comfy.sample  # noqa: F401
     import comfy.sd  # noqa: F401
 
-    return {"mm": mm, "args": comfy.cli_args.args}
+    enabled, note = False, "not asked" if not dynamic_vram else "this ComfyUI has no Dynamic VRAM"
+    if cpu and dynamic_vram:
+        note = "cpu: Dynamic VRAM runs only on a GPU"
+    elif wanted and not control_ready:
+        note = "comfy_aimdo.control.init failed"
+    elif wanted:
+        enabled, note = dyn.enable(mm, args)
+    return {"mm": mm, "args": args, "dynamic_vram": enabled, "dynamic_vram_note": note}
 
 
 def import_project_package() -> None:
@@ -191,36 +208,52 @@ class Bench:
         negative = [[ncond, {"pooled_output": npooled, "guidance": 3.5}]]
         return positive, negative
 
-    def sample(self, patcher: Any, batch: int) -> dict[str, Any]:
-        """One sampling run of warmup + timed steps; per-step times from marks recorded in the callback."""
+    def sample(self, patcher: Any, batch: int, cfg: float | None = None, monitor: Any = None) -> dict[str, Any]:
+        """One sampling run of warmup + timed steps; per-step times from marks recorded in the callback.
+        `cfg` overrides --cfg; `monitor.sample()` (observe.DeviceMemory) runs after the load and every step.
+        Besides step_stats: `first_step_incl_load_s` (from the moment sampling is asked for), `load_s`,
+        `first_forward_s`, `forwards_per_step` and `forward_batches` (observe.ForwardLog)."""
         import comfy.sample
 
+        from .observe import ForwardLog
+
         o = self.o
+        cfg = o.cfg if cfg is None else cfg
         latent = torch.zeros(batch, 16, o.size // 8, o.size // 8)
         noise = comfy.sample.prepare_noise(latent, o.seed)
         positive, negative = self.conditioning(patcher)
         clock = StepClock(self.cuda)
-        start: list[Any] = []
+        forwards = ForwardLog(clock)
         marks: list[Any] = []
 
-        def mark_start(apply_model, args):
-            # The first forward starts after the model load: the first step is timed from here.
-            if not start:
-                start.append(clock.mark())
-            return apply_model(args["input"], args["timestep"], **args["c"])
+        def forward(apply_model, args):
+            # The first forward starts after the model load: the load-excluded first step is timed from here.
+            first = forwards.first_start is None
+            forwards.started(len(marks), args["input"].shape[0])
+            if first and monitor is not None:
+                monitor.sample()
+            out = apply_model(args["input"], args["timestep"], **args["c"])
+            forwards.finished()
+            return out
+
+        def step_done(*_):
+            marks.append(clock.mark())
+            if monitor is not None:
+                monitor.sample()
 
         patcher = patcher.clone()
-        patcher.set_model_unet_function_wrapper(mark_start)
-        t0 = time.perf_counter()
-        out = comfy.sample.sample(patcher, noise, o.warmup + o.steps, o.cfg, o.sampler, o.scheduler, positive,
-                                  negative, latent, callback=lambda *_: marks.append(clock.mark()),
-                                  disable_pbar=True, seed=o.seed)
+        patcher.set_model_unet_function_wrapper(forward)
+        ask, t0 = clock.mark(), time.perf_counter()
+        out = comfy.sample.sample(patcher, noise, o.warmup + o.steps, cfg, o.sampler, o.scheduler, positive,
+                                  negative, latent, callback=step_done, disable_pbar=True, seed=o.seed)
         if self.cuda:
             torch.cuda.synchronize()
-        per_step = [clock.seconds(a, b) for a, b in zip(marks, marks[1:])]
-        first_step = clock.seconds(start[0], marks[0]) if start else None
         wall = time.perf_counter() - t0
-        return {**step_stats(per_step, first_step, o.warmup), "sample_wall_s": wall,
+        per_step = [clock.seconds(a, b) for a, b in zip(marks, marks[1:])]
+        first_step = clock.seconds(forwards.first_start, marks[0]) if forwards.first_start is not None else None
+        parts = forwards.summary(ask, t0, marks, o.warmup)
+        parts["first_step_incl_load_s"] = parts.pop("first_step_s")
+        return {**step_stats(per_step, first_step, o.warmup), **parts, "sample_wall_s": wall,
                 "output": out.float().cpu(), "finite": bool(torch.isfinite(out).all())}
 
     def compare(self, batch: int, out: torch.Tensor) -> float | None:

@@ -129,15 +129,16 @@ def largest_gaps(timeline: Any, count: int = 4) -> list[dict[str, float]]:
 HEADER = ("case", "s/it", "bound", "x bound", "x native", "streamed GB", "peak GB", "diff")
 
 
-def _fmt(value: Any, fmt: str) -> str:
-    return fmt.format(value) if isinstance(value, (int, float)) else "-"
+def fmt(value: Any, spec: str) -> str:
+    """A number by a format spec, "-" for anything else (None)."""
+    return spec.format(value) if isinstance(value, (int, float)) else "-"
 
 
 def summary_row(name: str, r: dict[str, Any]) -> tuple[str, ...]:
-    return (name, _fmt(r["s_per_it"], "{:.3f}"), _fmt(r.get("bound_s"), "{:.3f}"),
-            _fmt(r.get("measured_over_bound"), "{:.2f}"), _fmt(r.get("ours_over_native"), "{:.2f}"),
-            _fmt((r.get("streamed_bytes") or 0) / GB, "{:.2f}"),
-            _fmt((r.get("peak_vram_bytes") or 0) / GB, "{:.2f}"), _fmt(r.get("max_abs_diff_vs_resident"), "{:.2g}"))
+    return (name, fmt(r["s_per_it"], "{:.3f}"), fmt(r.get("bound_s"), "{:.3f}"),
+            fmt(r.get("measured_over_bound"), "{:.2f}"), fmt(r.get("ours_over_native"), "{:.2f}"),
+            fmt((r.get("streamed_bytes") or 0) / GB, "{:.2f}"),
+            fmt((r.get("peak_vram_bytes") or 0) / GB, "{:.2f}"), fmt(r.get("max_abs_diff_vs_resident"), "{:.2g}"))
 
 
 def summary(results: dict[str, dict[str, Any]]) -> None:
@@ -148,5 +149,10 @@ def summary(results: dict[str, dict[str, Any]]) -> None:
             rows.append(summary_row(name, r))
         elif "error" in r:
             rows.append((name, "ERROR", r["error"][:60], "", "", "", "", ""))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEADER))]
-    print("\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows), flush=True)
+    print(format_table(rows), flush=True)
+
+
+def format_table(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows (the first one the header) as left-aligned columns."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)

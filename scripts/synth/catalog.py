@@ -41,6 +41,10 @@ def _clip_l(spec: Spec) -> StateDict:
     return s.clip_l_sd(spec.dtype)
 
 
+def _t5xxl(spec: Spec) -> StateDict:
+    return s.t5xxl_sd(spec.dtype)
+
+
 def _taesd(spec: Spec) -> StateDict:
     c = spec.config
     return s.taesd_sd(c["latent_channels"], c["scale"], c["shift"])
@@ -88,6 +92,8 @@ FULL: list[Spec] = [
     Spec("flux1_dev_full", "diffusion_models/distorch-flux1-dev-full.safetensors", BF16, s.FLUX_DEV, _flux),
     Spec("sdxl_full", "checkpoints/distorch-sdxl-full.safetensors", FP16, {"unet": s.SDXL_UNET, "vae": "kl"},
          _sdxl_ckpt),
+    # With the tiny set's CLIP-L (full size already): DualCLIPLoader type flux, the text encoders of Flux.1-dev.
+    Spec("t5xxl_full", "text_encoders/distorch-t5xxl-fp16.safetensors", FP16, {"te": "t5xxl"}, _t5xxl),
 ]
 
 SETS: dict[str, list[Spec]] = {"tiny": TINY, "full": FULL}

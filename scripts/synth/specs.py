@@ -111,6 +111,14 @@ def clip_l_sd(dtype: torch.dtype) -> StateDict:
     return SDClipModel(device=META, dtype=dtype).transformer.state_dict()
 
 
+def t5xxl_sd(dtype: torch.dtype) -> StateDict:
+    """T5-XXL encoder as in ComfyUI's stand-alone t5xxl_fp16.safetensors (4.76 B params): encoder.block.N.*,
+    encoder.final_layer_norm.weight, shared.weight. The config is fixed (t5_config_xxl.json): full size only."""
+    from comfy.text_encoders.sd3_clip import T5XXLModel
+
+    return T5XXLModel(device=META, dtype=dtype).transformer.state_dict()
+
+
 def sdxl_clip_sd(dtype: torch.dtype) -> StateDict:
     """CLIP-L + CLIP-G exactly as an SDXL checkpoint stores them (ComfyUI's own save conversion)."""
     import comfy.supported_models

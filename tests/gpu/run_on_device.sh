@@ -16,6 +16,14 @@
 #   memkinds   bench/h2d_memory_kinds.py: GB/s of block-sized copies from each kind of page-locked memory
 #   quant      bench/quant_dequant.py: GGUF dequantization speed per type, torch and Triton paths
 #              (QUANT_ARGS adds arguments, e.g. "--types Q8_0,Q4_K --rows-per-program 32,64,128 --num-warps 4,8")
+#   compare    the Flux model, then bench/compare_hosts.py: ours vs core on ComfyUI 0.33.0 (Dynamic VRAM) and
+#              0.3.75 at 16 and 6 GiB free, cfg 1 and 3.5 (COMPARE_ARGS adds arguments; ~6-8 min; run it
+#              in a call of its own). compare.jsonl, compare.log
+#   coexist    Flux + T5-XXL + CLIP-L + TAEF1, then tests/gpu/dynamic_vram_coexistence.py on a real ComfyUI
+#              0.33.0 server (COEXIST_HOST, COEXIST_ARGS; ~4-5 min). coexist.jsonl, coexist_server.log
+#
+# ComfyUI trees: .host/comfyui-0.3.75 and .host/comfyui-0.33.0, unpacked from .gpu/hosts.tar.xz when absent.
+# PyAV: when `import av` fails, tests/gpu/stubs (a stand-in whose imports all succeed) goes on PYTHONPATH.
 #
 # Wheels: if .whl/ holds any (py3.12 manylinux wheels of packages the machine lacks), they are installed
 # with --no-deps into /tmp/site first and put on PYTHONPATH. Results: JSON lines and logs under $OUT
@@ -30,6 +38,10 @@ MODELS_DIR="${MODELS_DIR:-/tmp/models}"
 COMFY_ROOT="${COMFY_ROOT:-$ROOT/.host/comfyui-0.3.75}"
 TESTS_TIMEOUT="${TESTS_TIMEOUT:-300}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-420}"
+COMPARE_DEADLINE="${COMPARE_DEADLINE:-450}"  # the driver skips cases that would start later
+COMPARE_TIMEOUT="${COMPARE_TIMEOUT:-$((COMPARE_DEADLINE + 60))}"
+COEXIST_TIMEOUT="${COEXIST_TIMEOUT:-450}"
+COEXIST_HOST="${COEXIST_HOST:-0.33.0}"
 export PYTHONUNBUFFERED=1 MODELS_DIR COMFY_ROOT
 mkdir -p "$OUT"
 
@@ -46,6 +58,64 @@ install_wheels() {
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
     log "installed ${#wheels[@]} wheels into /tmp/site in $((SECONDS - t0)) s"
   fi
+}
+
+ensure_hosts() {
+  # Both ComfyUI trees; the lead carries them as one archive (.host is ignored by git, so it never travels).
+  if [ -f .host/comfyui-0.3.75/main.py ] && [ -f .host/comfyui-0.33.0/main.py ]; then return 0; fi
+  [ -f .gpu/hosts.tar.xz ] || { log "ComfyUI trees missing: no .host/comfyui-* and no .gpu/hosts.tar.xz"; return 1; }
+  if [ -L .host ] && [ ! -e .host ]; then rm .host; fi  # a dangling link from a checkout elsewhere
+  mkdir -p .host && tar -xJf .gpu/hosts.tar.xz -C .host || { log "unpacking .gpu/hosts.tar.xz FAILED"; return 1; }
+  [ -f .host/comfyui-0.3.75/main.py ] && [ -f .host/comfyui-0.33.0/main.py ] ||
+    { log "hosts.tar.xz holds no comfyui-0.3.75/ and comfyui-0.33.0/ at its top: $(ls .host | tr '\n' ' ')"; return 1; }
+  log "unpacked $(ls -d .host/comfyui-* | tr '\n' ' ')"
+}
+
+stub_av_if_missing() {
+  # ComfyUI imports PyAV in core modules; the machine lacks it and no graph here calls it.
+  if ! "$PY" -c "import av" >/dev/null 2>&1; then
+    export PYTHONPATH="$ROOT/tests/gpu/stubs${PYTHONPATH:+:$PYTHONPATH}"
+    log "PyAV missing: tests/gpu/stubs/av on PYTHONPATH"
+  fi
+}
+
+synth() {  # synth SET NAME...: write these models of a set into $MODELS_DIR (cached when present)
+  [ "${SYNTH:-1}" = 0 ] && { log "SYNTH=0: models in $MODELS_DIR taken as present"; return 0; }
+  local set=$1; shift
+  local only=()
+  for name in "$@"; do only+=(--only "$name"); done
+  "$PY" scripts/synth_models.py --models-dir "$MODELS_DIR" --set "$set" "${only[@]}" --device cuda \
+    --comfy-root "$COMFY_ROOT" 2>&1 | tee -a "$OUT/setup.log"
+  return "${PIPESTATUS[0]}"
+}
+
+part_compare() {
+  synth full flux1_dev_full || { log "no Flux model, no comparison"; return 1; }
+  local t0=$SECONDS
+  log "compare (deadline ${COMPARE_DEADLINE}s, timeout ${COMPARE_TIMEOUT}s) args: ${COMPARE_ARGS:-}"
+  # JSON lines go to compare.jsonl; the console gets the tables only (the lines are long).
+  # shellcheck disable=SC2086
+  timeout "$COMPARE_TIMEOUT" "$PY" bench/compare_hosts.py --hosts-dir "$ROOT/.host" \
+    --model "$MODELS_DIR/diffusion_models/distorch-flux1-dev-full.safetensors" --deadline "$COMPARE_DEADLINE" \
+    --out "$OUT/compare.jsonl" --log "$OUT/compare.log" --work-dir /tmp/distorch-compare ${COMPARE_ARGS:-} \
+    2>>"$OUT/compare.log" | grep -v '^{'
+  local rc=${PIPESTATUS[0]}
+  log "compare rc=$rc in $((SECONDS - t0)) s"
+}
+
+part_coexist() {
+  synth full flux1_dev_full t5xxl_full && synth tiny clip_l taef1 || { log "models missing, no coexistence run"; return 1; }
+  local t0=$SECONDS
+  log "coexist on ComfyUI $COEXIST_HOST (timeout ${COEXIST_TIMEOUT}s) args: ${COEXIST_ARGS:-}"
+  rm -rf /tmp/distorch-coexist
+  # shellcheck disable=SC2086
+  timeout "$COEXIST_TIMEOUT" "$PY" tests/gpu/dynamic_vram_coexistence.py --host "$COEXIST_HOST" \
+    --hosts-dir "$ROOT/.host" --models-dir "$MODELS_DIR" --out "$OUT/coexist.jsonl" \
+    --server-log "$OUT/coexist_server.log" --work-dir /tmp/distorch-coexist ${COEXIST_ARGS:-} \
+    2>>"$OUT/setup.log" | grep -v '^{'
+  local rc=${PIPESTATUS[0]}
+  cat /tmp/distorch-coexist/occupier.log >>"$OUT/setup.log" 2>/dev/null
+  log "coexist rc=$rc in $((SECONDS - t0)) s"
 }
 
 part_inventory() {
@@ -144,6 +214,7 @@ part_quant() {
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(tests bench)
 install_wheels || exit 1
+case " ${parts[*]} " in *" compare "*|*" coexist "*) ensure_hosts || exit 1; stub_av_if_missing ;; esac
 for part in "${parts[@]}"; do
   case "$part" in
     inventory) part_inventory ;;
@@ -153,8 +224,10 @@ for part in "${parts[@]}"; do
     smoke) part_smoke ;;
     memkinds) part_memkinds ;;
     quant) part_quant ;;
+    compare) part_compare ;;
+    coexist) part_coexist ;;
     both) part_tests; part_bench ;;
-    *) echo "unknown part: $part (inventory models tests bench smoke memkinds quant both)" >&2; exit 2 ;;
+    *) echo "unknown part: $part (inventory models tests bench smoke memkinds quant compare coexist both)" >&2; exit 2 ;;
   esac
 done
 log "done: $(ls "$OUT" | tr '\n' ' ')"

@@ -6,6 +6,8 @@ records the patcher's load/offload device and the device of its first weight at 
 """
 import comfy.model_management
 
+from .coexistence import NODE_CLASS_MAPPINGS as COEXISTENCE_PROBES  # tests/gpu/dynamic_vram_coexistence.py
+
 
 def _patcher(obj):
     return obj if hasattr(obj, "load_device") and hasattr(obj, "model_size") else obj.patcher
@@ -38,4 +40,4 @@ class DistorchProbePlacement:
         return {"ui": {"placement": [report], "label": [label]}}
 
 
-NODE_CLASS_MAPPINGS = {"DistorchProbePlacement": DistorchProbePlacement}
+NODE_CLASS_MAPPINGS = {"DistorchProbePlacement": DistorchProbePlacement, **COEXISTENCE_PROBES}
