@@ -29,6 +29,16 @@ BASE_DIR = HOST.base_dir
 use_site_layer(HOST)  # in-process imports of this host's ComfyUI need its own packages too
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class ServerError(RuntimeError):
     """The server did not start, died, or a prompt failed; the message carries the log's tail."""
 
@@ -113,9 +123,11 @@ class ComfyServer:
         log = open(self.log_path, "wb")
         prepare_base(self.host)
         env = {**os.environ, **self.host.env(), "PYTHONUNBUFFERED": "1"}
-        # Own session = own process group: stop() kills the server and anything it spawned, nothing else.
+        # Own session = own process group: stop() kills the server and anything it spawned, nothing else. The
+        # server also dies with this process (a killed test run must not leave a server holding GBs of RAM).
         self.process = subprocess.Popen(self.command(), cwd=self.host.root, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         log.close()
         self._wait_ready()
         return self

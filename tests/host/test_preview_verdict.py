@@ -1,5 +1,6 @@
-"""The plan preview never shows an error for a graph that runs, nor passes one that fails: on a real server (CPU),
-for budgets below, at and above the minimum the preview reports, its verdict is what running the prompt does.
+"""The plan preview tells what the load will do: on a real server (CPU), for budgets below, at and above the
+minimum the preview reports, the preview warns that the budget will be raised to the minimum exactly when the
+run does (a budget below the minimum is never refused: both run with the minimum plan and say so).
 
 Each case is an example workflow with one loader swapped for its DisTorch streaming variant; the preview is
 asked with that loader's inputs, as web/distorch.js asks it.
@@ -47,43 +48,34 @@ def _preview(server: ComfyServer, case: Case, virtual_vram_gb: float) -> tuple[i
     return call(server, "POST", "/distorch/preview", body)
 
 
-def _preview_plans(server: ComfyServer, case: Case, virtual_vram_gb: float) -> bool:
+def _preview_warns(server: ComfyServer, case: Case, virtual_vram_gb: float) -> bool:
     status, body = _preview(server, case, virtual_vram_gb)
-    assert status == 200 or (status == 400 and body["kind"] == "BudgetError"), body
-    return status == 200
+    assert status == 200, body
+    return body["warning"] is not None and "below the minimum" in body["warning"]
 
 
-def _prompt_runs(server: ComfyServer, case: Case, virtual_vram_gb: float, seed: int) -> bool:
+def _run_warns(server: ComfyServer, case: Case, virtual_vram_gb: float, seed: int) -> bool:
     graph = load_graph(WORKFLOWS / case.workflow)
     inputs = {**case.model_inputs, **_streaming_inputs(virtual_vram_gb)}
     graph[case.node] = {"class_type": case.loader, "inputs": inputs}
     for node in graph.values():
         node["inputs"].update({"seed": seed} if "seed" in node["inputs"] else {})
+    log_start = len(server.log_path.read_text(errors="replace"))
     entry = server.run_prompt(graph)
-    error = execution_error(entry)
-    assert error is None or error["exception_type"].endswith("BudgetError"), error
-    return error is None
+    assert execution_error(entry) is None, execution_error(entry)  # never refused
+    return "is below the minimum" in server.log_path.read_text(errors="replace")[log_start:]
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_the_preview_verdict_is_the_run_verdict_below_at_and_above_the_minimum_budget(
+def test_the_preview_warns_of_a_raised_budget_exactly_when_the_run_raises_it(
         server: ComfyServer, case: Case, fresh_seed: int) -> None:
     status, unlimited = _preview(server, case, 0.0)
     assert status == 200, unlimited
     # On CPU the compute budget is the model's bytes less the virtual VRAM, so this much may move off at most:
     most = unlimited["model_bytes"] - unlimited["minimum_budget_bytes"]
-    expected = {most // 2: True, most: True, most + 1: False, most + 5_000_000: False}
+    expected = {most // 2: False, most: False, most + 1: True, most + 5_000_000: True}
     verdicts = {}
     for offset, moved in enumerate(expected):
         gb = moved / 1e9
-        verdicts[moved] = _preview_plans(server, case, gb), _prompt_runs(server, case, gb, fresh_seed + offset)
-    assert verdicts == {moved: (plans, plans) for moved, plans in expected.items()}
-
-
-def test_the_example_streaming_workflow_previews_without_an_error(server: ComfyServer) -> None:
-    """The report that started this: the sd_streaming example ran, but its preview said the budget was too small."""
-    loader = load_graph(WORKFLOWS / "sd_streaming.api.json")["1"]["inputs"]
-    status, body = call(server, "POST", "/distorch/preview", {"model_folder": "checkpoints",
-                                                              "model_names": [loader["ckpt_name"]], **loader})
-    assert status == 200, body
-    assert body["loaded_as"] == ["fp32"] and body["devices"][1]["blocks"] > 0
+        verdicts[moved] = _preview_warns(server, case, gb), _run_warns(server, case, gb, fresh_seed + offset)
+    assert verdicts == {moved: (warns, warns) for moved, warns in expected.items()}
