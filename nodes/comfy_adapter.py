@@ -129,17 +129,15 @@ def memory_path() -> str:
     try:
         memory_management = importlib.import_module("comfy.memory_management")
     except ImportError:
-        return "classic ModelPatcher (no comfy.memory_management)"
-    enabled = getattr(memory_management, "aimdo_enabled", None)
-    return f"comfy.memory_management present (dynamic VRAM enabled: {enabled})"
+        return "classic ModelPatcher (this ComfyUI has no Dynamic VRAM)"
+    if getattr(memory_management, "aimdo_enabled", False):
+        return "Dynamic VRAM on (comfy-aimdo; core models load as ModelPatcherDynamic)"
+    return "classic ModelPatcher (Dynamic VRAM available but off)"
 
 
-def memory_path_line(patcher: Any = None) -> str:
-    """One line for the log and the plan table: which memory path ComfyUI runs and which one a model is on."""
-    line = f"ComfyUI memory path: {memory_path()}"
-    if patcher is not None:
-        line += f"; this model: {type(patcher).__name__}"
-    return line
+def memory_path_line() -> str:
+    """Said with every plan: which memory path ComfyUI runs, and that this model is streamed by DisTorch."""
+    return f"ComfyUI memory path: {memory_path()}; this model: streamed by DisTorch (its own ModelPatcher subclass)"
 
 
 def free_vram(device: torch.device) -> int:
@@ -206,21 +204,28 @@ def _stray_device(module: Any, device: torch.device) -> torch.device | None:
     return None
 
 
-def retarget_patcher(patcher: Any, device: torch.device) -> None:
-    """Make ``patcher`` load onto ``device``; on ``cpu`` it also offloads to ``cpu``."""
-    if is_dynamic_patcher(patcher):
-        log.warning("distorch: %s is a ModelPatcherDynamic; placing it on %s is not verified on this "
-                    "memory path (%s)", type(patcher.model).__name__, device, memory_path())
+def retarget_patcher(patcher: Any, device: torch.device) -> Any:
+    """Make ``patcher`` load onto ``device`` (on ``cpu`` it also offloads to ``cpu``); returns the patcher to use,
+    which is a new one when a Dynamic VRAM patcher must become a classic one (Dynamic VRAM has no CPU path: as
+    ComfyUI's own Select*Device nodes do, ``clone(disable_dynamic=True)``)."""
+    if is_dynamic_patcher(patcher) and device.type == "cpu":
+        try:
+            patcher = patcher.clone(disable_dynamic=True)
+        except RuntimeError as error:  # a loader that did not record how to rebuild its model
+            log.warning("distorch: %s stays a Dynamic VRAM patcher on cpu: %s", type(patcher.model).__name__, error)
     _unload_if_loaded(patcher)
     patcher.load_device = device
     if device.type == "cpu":
         patcher.offload_device = _CPU
+    if hasattr(patcher, "register_load_device"):  # Dynamic VRAM keeps per-device pin state
+        patcher.register_load_device(device)
     stray = _stray_device(patcher.model, device)
     if stray is not None:
         # The core loader put the weights on the default GPU; free it, load_models_gpu brings them back.
         log.info("distorch: moving %s off %s to %s", type(patcher.model).__name__, stray, patcher.offload_device)
         patcher.model.to(patcher.offload_device)
         patcher.model.device = patcher.offload_device
+    return patcher
 
 
 def model_kind(obj: Any) -> str:
@@ -238,32 +243,37 @@ def model_kind(obj: Any) -> str:
     return "unknown"
 
 
-def place_on_device(obj: Any, device: torch.device) -> str:
-    """Retarget a loaded object to ``device`` and return its kind; unknown objects raise TypeError."""
+def place_on_device(obj: Any, device: torch.device) -> tuple[str, Any]:
+    """Retarget a loaded object to ``device``: ``(its kind, the object to use)``, which is ``obj`` itself except
+    for a bare ModelPatcher that had to be replaced (see :func:`retarget_patcher`). Unknown objects raise
+    TypeError."""
     kind = model_kind(obj)
     if kind == "model":
-        retarget_patcher(obj, device)
+        obj = retarget_patcher(obj, device)
     elif kind == "clip":
-        retarget_patcher(obj.patcher, device)  # obj.cond_stage_model is obj.patcher.model
+        obj.patcher = retarget_patcher(obj.patcher, device)
+        obj.cond_stage_model = obj.patcher.model  # the same module unless the patcher had to be rebuilt
     elif kind == "vae":
         obj.device = device  # VAE.decode/encode move latents to vae.device themselves
-        retarget_patcher(obj.patcher, device)
+        obj.patcher = retarget_patcher(obj.patcher, device)
+        obj.first_stage_model = obj.patcher.model
         # obj.output_device stays ComfyUI's intermediate device: it is where the rest of the graph expects images.
     elif kind == "clip_vision":
         obj.load_device = device  # encode_image moves pixels to clip_vision.load_device
-        retarget_patcher(obj.patcher, device)
+        obj.patcher = retarget_patcher(obj.patcher, device)
+        obj.model = obj.patcher.model
     elif kind == "control_net":
         _place_control_net(obj, device)
     else:
         raise TypeError(f"cannot place a {type(obj).__name__} on a device: not a model ComfyUI loads")
-    return kind
+    return kind, obj
 
 
 def _place_control_net(control: Any, device: torch.device) -> None:
     if hasattr(control, "load_device"):
         control.load_device = device
     if getattr(control, "control_model_wrapped", None) is not None:
-        retarget_patcher(control.control_model_wrapped, device)
+        control.control_model_wrapped = retarget_patcher(control.control_model_wrapped, device)
     if hasattr(control, "t2i_model"):  # T2IAdapter keeps a plain device attribute
         control.device = device
 

@@ -106,12 +106,12 @@ def load_on_device(core_cls: type, return_types: tuple[str, ...], device: str, k
         _, choices = option
         # The core's own cpu path builds the model for the CPU (dtype included); other devices retarget.
         kwargs["device"] = "cpu" if name == "cpu" and "cpu" in choices else choices[0]
-    outputs = comfy_adapter.call_core(core_cls, kwargs)
-    for kind, value in zip(return_types, outputs):
+    outputs = list(comfy_adapter.call_core(core_cls, kwargs))
+    for index, (kind, value) in enumerate(zip(return_types, outputs)):
         if value is not None and kind in PLACED_TYPES:
-            comfy_adapter.place_on_device(value, target)
-            log.info("distorch: %s %s -> %s", core_cls.__name__, kind, comfy_adapter.device_of(value))
-    return outputs
+            _, outputs[index] = comfy_adapter.place_on_device(value, target)
+            log.info("distorch: %s %s -> %s", core_cls.__name__, kind, comfy_adapter.device_of(outputs[index]))
+    return tuple(outputs)
 
 
 def make_variant(spec: LoaderSpec, core_cls: type) -> type:

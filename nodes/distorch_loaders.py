@@ -137,8 +137,8 @@ def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions 
         plan = plan_for_module(patcher.model, request)
         heading = f"virtual_vram_gb {request.virtual_vram_gb}" if not request.expert_allocation.strip() else \
             f"allocation {request.expert_allocation.strip()}"
-    log.info("[DisTorch] %s: compute on %s, %s\n%s\n%s", type(patcher.model).__name__, request.compute_device,
-             heading, plan.table(), comfy_adapter.memory_path_line(patcher))
+    log.info("[DisTorch] %s: compute on %s, %s; %s\n%s", type(patcher.model).__name__, request.compute_device,
+             heading, comfy_adapter.memory_path_line(), plan.table())
     if plan.budget_raised:
         log.warning("[DisTorch] %s", plan.raised_message())
     options = options or EngineOptions(ring_slots=request.ring_slots, host_pin_cap_bytes=default_pin_cap())

@@ -192,9 +192,9 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
             self.model.model_loaded_weight_memory = 0
         engine.replan(candidate)
         state.plan = candidate
-        log.info("[DisTorch] %s: automatic budget re-planned for %.2f GB free on %s, %.2f GB kept for %s\n%s",
-                 type(self.model).__name__, free / 1e9, device, auto.reserve_bytes / 1e9, auto.reserve_reason,
-                 candidate.table())
+        log.info("[DisTorch] %s: compute on %s, automatic budget re-planned for %.2f GB free, %.2f GB kept for %s; "
+                 "%s\n%s", type(self.model).__name__, device, free / 1e9, auto.reserve_bytes / 1e9,
+                 auto.reserve_reason, comfy_adapter.memory_path_line(), candidate.table())
         if candidate.budget_raised:
             log.warning("[DisTorch] %s", candidate.raised_message())
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import sys
 from pathlib import Path
@@ -22,6 +23,14 @@ PLUGIN = BASE_DIR / "custom_nodes" / "comfyui-distorch"
 def pytest_configure(config: pytest.Config) -> None:
     # The probe folder is a ComfyUI plugin, not a test package: never let pytest collect it.
     config.addinivalue_line("norecursedirs", "probe_nodes")
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_each_test():
+    """In-process tests load GB-sized models whose patchers, engines and hooks form reference cycles; Python's
+    collector would free them only much later, so a run would hold every test's models at once (OOM on CI)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
