@@ -92,10 +92,15 @@ def make_ours(spec: WorkerSpec, base: Any, device: str) -> tuple[Any, dict[str, 
 def plan_fields(patcher: Any) -> dict[str, Any]:
     from . import plans
 
-    plan = patcher.distorch.plan
+    state = patcher.distorch
+    plan = state.plan
+    auto = state.auto
     return {"streamed_bytes": plan.streamed_bytes, "streamed_source": "plan", "resident_bytes": plan.resident_bytes,
             "plan": {**plans.summary(plan), "streamed_bytes": plan.streamed_bytes,
-                     "resident_bytes": plan.resident_bytes, "ring_bytes": plan.ring_bytes},
+                     "resident_bytes": plan.resident_bytes, "ring_bytes": plan.ring_bytes,
+                     "activation_reserve_bytes": plan.activation_reserve_bytes, "budget_raised": plan.budget_raised,
+                     "auto_reserve_reason": auto.reserve_reason if auto is not None else None},
+            "engine_load": state.engine.load_stats.as_dict(),
             "plan_table": plan.table()}
 
 
