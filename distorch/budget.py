@@ -135,11 +135,13 @@ def plan_auto(
     reserve_bytes: int,
     available: Sequence[str] | None = None,
     topology: Topology | None = None,
+    block_seconds: Sequence[float] | None = None,
 ) -> PlacementPlan:
     """The automatic budget: weights may take ``free_bytes`` (what the compute device has free for this model,
     its own current footprint included) minus ``reserve_bytes`` (the activations of the sampling run about to
     happen); every other block streams from the donor, uncapped. Below the smallest plan that runs, that plan
-    is used and says so (``plan.budget_raised``)."""
+    is used and says so (``plan.budget_raised``). ``block_seconds``: measured compute per block (an earlier
+    forward), to pace streamed bytes by compute time instead of spreading them by index."""
     compute = require_device(request.compute_device, available)
     donor = require_device(request.donor_device, available)
     if donor == compute != "cpu":  # cpu/cpu is the CPU-only verification path, as in compute_shares
@@ -148,7 +150,7 @@ def plan_auto(
     stores = apply_topology([StoreBudget(donor)], topology)
     return plan_placement(blocks, other_bytes, compute, max(int(free_bytes), 0), stores,
                           ring_slots=request.ring_slots, keep_head_blocks=request.keep_head_blocks,
-                          activation_reserve_bytes=max(int(reserve_bytes), 0))
+                          activation_reserve_bytes=max(int(reserve_bytes), 0), block_seconds=block_seconds)
 
 
 def worth_replanning(current: PlacementPlan, candidate: PlacementPlan, free_bytes: int, model_bytes: int) -> bool:
@@ -158,6 +160,8 @@ def worth_replanning(current: PlacementPlan, candidate: PlacementPlan, free_byte
     when the candidate streams at least min(1 GB, 5% of the model) less or more than the current one."""
     if candidate.streamed == current.streamed:
         return False
+    if candidate.paced and not current.paced:
+        return True  # the first plan paced by measured compute: worth one move of weights
     if current.device_footprint_bytes + candidate.activation_reserve_bytes > free_bytes and not current.budget_raised:
         return True
     threshold = min(10**9, max(model_bytes // 20, 1))

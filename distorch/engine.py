@@ -24,7 +24,9 @@ from .arena import HostArena
 from .errors import DistorchError
 from .layout import BlockLayout, find_blocks, layout_block
 from .planner import PlacementPlan
+from .profile import BlockProfiler
 from .registry import REGISTRY
+from .schedule import SlotSchedule
 from .staging import StagingRing
 from .streamer import BlockStreamer, StreamedBlock, make_backend
 from .telemetry import CudaTimer, NullTelemetry, Telemetry, WallTimer
@@ -40,6 +42,7 @@ class EngineOptions:
     telemetry: bool = True
     forward_root: str | None = None  # module path (relative to root) whose forward is one model forward
     split_host_copies: bool = True  # each host block as two halves on two copy streams (see streamer)
+    pack_slots: bool = True  # consecutive small streamed blocks share a staging slot (see distorch.schedule)
     # Donor GPU stores: None = peer-to-peer when torch.cuda.can_device_access_peer says so, else bounce through
     # pinned host buffers (distorch.donor says why and logs which); "bounce" forces the fallback (tests, bench).
     donor_route: str | None = None
@@ -93,6 +96,8 @@ class StreamingEngine:
         self._updated = False
         self.telemetry: Telemetry = NullTelemetry()
         self.load_stats = LoadStats()
+        self._profiler: BlockProfiler | None = None
+        self._block_seconds: dict[str, float] | None = None  # the latest measured forward, block by block
         self._set_plan(plan)
         REGISTRY.add_engine(self)
 
@@ -157,6 +162,7 @@ class StreamingEngine:
         self._compute_device = device
         if self._layouts:
             placed += self._start_streaming(device)
+        self._start_profiling(device)
         log.info("[DisTorch] load on %s: packed %.2f GB in %.2f s, resident %.2f GB in %.2f s, pinned %.2f GB "
                  "in %.2f s", device, stats.packed_bytes / 1e9, stats.pack_s, stats.resident_bytes / 1e9,
                  stats.resident_s, stats.pinned_bytes / 1e9, stats.pin_s)
@@ -166,6 +172,10 @@ class StreamingEngine:
         """Stop streaming and move resident tensors to ``offload_device``; streamed ones stay in the arenas."""
         if not self.is_loaded:
             return
+        self.block_seconds()  # keep what the last forwards measured (unloading waits for the device anyway)
+        if self._profiler is not None:
+            self._profiler.close()
+            self._profiler = None
         if self._streamer is not None:
             self._streamer.detach()  # also waits for in-flight copies: the ring and pins can go
             self._streamer.backend.release()
@@ -254,14 +264,37 @@ class StreamingEngine:
         slots = min(self.options.ring_slots, len(self._layouts))
         if self.plan.ring_slots and slots > self.plan.ring_slots:
             log.warning("ring of %d slots exceeds the plan's %d: the device footprint exceeds the plan", slots, self.plan.ring_slots)
-        self._ring = StagingRing(device, slots, max(layout.nbytes for layout in self._layouts.values()))
+        align = StagingRing.slot_alignment
+        slot_bytes = max(-(-layout.nbytes // align) * align for layout in self._layouts.values())
+        blocks = self._streamed_blocks()
+        schedule = SlotSchedule.build([b.layout.nbytes for b in blocks], slot_bytes, slots, pack=self.options.pack_slots)
+        self._ring = StagingRing(device, schedule.slots, slot_bytes)  # no more slots than fills per forward
         self._ensure_telemetry(device)
-        backend = make_backend(device, self._arenas.keys(), slots, self.options.split_host_copies,
-                               self._ring.slot_bytes, self.options.donor_route)
-        self._streamer = BlockStreamer(self._streamed_blocks(), self._ring, backend, self.telemetry)
+        backend = make_backend(device, self._arenas.keys(), schedule.slots, self.options.split_host_copies,
+                               slot_bytes, self.options.donor_route, schedule.positions)
+        self._streamer = BlockStreamer(blocks, self._ring, backend, self.telemetry, schedule)
         root = self.root.get_submodule(self.options.forward_root) if self.options.forward_root else None
         self._streamer.attach(root)
         return self._ring.nbytes
+
+    def _start_profiling(self, device: torch.device) -> None:
+        """Time every block on the second forward after this load (see distorch.profile)."""
+        timer = CudaTimer(device) if device.type == "cuda" else WallTimer()
+        root = self.root.get_submodule(self.options.forward_root) if self.options.forward_root else None
+        self._profiler = BlockProfiler(list(self._all_modules.items()), timer, root)
+
+    def block_seconds(self) -> dict[str, float] | None:
+        """Compute seconds of each block (execution order) in the latest measured forward, or None before one
+        was measured. Reading CUDA timings waits for the device: call it where a synchronisation happens anyway
+        (end of a prompt)."""
+        if self._profiler is not None and not self._profiler.measuring:
+            if self._compute_device is not None and self._compute_device.type == "cuda":
+                torch.cuda.synchronize(self._compute_device)
+            measured = self._profiler.result()
+            if measured is not None:
+                self._block_seconds = measured
+                self._profiler = None  # one measured forward per load is enough
+        return self._block_seconds
 
     def _ensure_telemetry(self, device: torch.device) -> None:
         """Keep collecting into the same Telemetry across reloads unless the timer kind must change."""

@@ -53,6 +53,7 @@ class PlacementPlan:
     # The weight budget asked for when it was below the smallest plan that runs (the plan is that smallest
     # plan instead); None when the budget was met.
     raised_from_bytes: int | None = None
+    paced: bool = False  # streamed blocks chosen by measured compute time (else spread evenly by index)
 
     @property
     def budget_raised(self) -> bool:
@@ -212,17 +213,21 @@ def plan_placement(
     ring_slots: int = 3,
     keep_head_blocks: int = 1,
     activation_reserve_bytes: int = 0,
+    block_seconds: Sequence[float] | None = None,
 ) -> PlacementPlan:
-    """Stream the fewest blocks, spread evenly, so that resident + ring + reserve <= budget."""
+    """Stream the fewest blocks so that resident + ring + reserve <= budget: spread evenly through the execution
+    order, or, given each block's measured compute time (``block_seconds``, from an earlier forward), paced so
+    that streamed bytes follow compute time (see :func:`paced_choice`)."""
     if ring_slots < 1:
         raise ValueError(f"ring_slots must be at least 1, got {ring_slots}")
     names = [name for name, _ in blocks]
     sizes = [nbytes for _, nbytes in blocks]
     head = _head_count(keep_head_blocks, len(blocks))
     fixed = other_bytes + activation_reserve_bytes
+    costs = list(block_seconds) if block_seconds is not None and len(block_seconds) == len(blocks) else None
 
     raised_from = None
-    fitting = _first_fitting(sizes, head, fixed, ring_slots, weight_budget_bytes)
+    fitting = _first_fitting(sizes, head, fixed, ring_slots, weight_budget_bytes, costs)
     if fitting is None:
         # Never refused for being small: the smallest plan that runs is used instead, and the caller warns with
         # both numbers (plan.raised_message()).
@@ -246,6 +251,7 @@ def plan_placement(
         block_sizes=tuple(blocks),
         stores=tuple(stores),
         raised_from_bytes=raised_from,
+        paced=costs is not None,
     )
 
 
@@ -266,12 +272,44 @@ def _fallback_choices(block_count: int, head: int) -> Iterator[list[int]]:
         yield from _streamed_choices(block_count, pool_head)
 
 
-def _first_fitting(sizes: Sequence[int], head: int, fixed: int, ring_slots: int,
-                   budget: int) -> tuple[tuple[int, int, int], list[int]] | None:
-    """The fewest streamed blocks whose plan fits ``budget``, keeping the head resident when any such plan
-    exists, else streaming it too; None when no plan fits."""
+def paced_choice(sizes: Sequence[int], seconds: Sequence[float], head: int, target_bytes: int,
+                 slack: float = 0.02) -> list[int]:
+    """About ``target_bytes`` of blocks to stream, chosen so that streamed bytes follow compute time: walking the
+    execution order, a block streams while the bytes streamed so far stay within the share of compute time run
+    so far (plus ``slack``). Copies then always have compute to hide under; an even spread by block index
+    over-streams where blocks carry many bytes for their compute (Flux's double blocks: ~2.4x the bytes of a
+    single block for ~1.2x its compute) and leaves the link idle where they carry few."""
+    total = sum(seconds) or 1.0
+    chosen, streamed, elapsed = [], 0, 0.0
+    for index, (size, cost) in enumerate(zip(sizes, seconds)):
+        elapsed += cost
+        if index < head or streamed >= target_bytes:
+            continue
+        if (streamed + size) / max(target_bytes, 1) <= elapsed / total + slack:
+            chosen.append(index)
+            streamed += size
+    return chosen
+
+
+def _paced_choices(sizes: Sequence[int], seconds: Sequence[float], head: int) -> Iterator[list[int]]:
+    """Paced streamed sets for growing byte targets, a smallest block apart (fewest bytes first)."""
+    candidates = sizes[head:]
+    if not candidates:
+        yield []
+        return
+    step, total = max(min(candidates), 1), sum(candidates)
+    for target in range(0, total + step, step):
+        yield paced_choice(sizes, seconds, head, target)
+    yield list(range(head, len(sizes)))
+
+
+def _first_fitting(sizes: Sequence[int], head: int, fixed: int, ring_slots: int, budget: int,
+                   costs: Sequence[float] | None = None) -> tuple[tuple[int, int, int], list[int]] | None:
+    """The fewest streamed blocks (fewest bytes, when paced by ``costs``) whose plan fits ``budget``, keeping the
+    head resident when any such plan exists, else streaming it too; None when no plan fits."""
     for pool_head in dict.fromkeys((head, 0)):
-        for chosen in _streamed_choices(len(sizes), pool_head):
+        choices = _streamed_choices(len(sizes), pool_head) if costs is None else _paced_choices(sizes, costs, pool_head)
+        for chosen in choices:
             needed = _needed_bytes(sizes, chosen, fixed, ring_slots)
             if needed[0] <= budget:
                 return needed, chosen

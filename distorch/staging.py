@@ -12,6 +12,8 @@ from .layout import ALIGNMENT, BlockLayout, align_up
 
 
 class StagingRing:
+    slot_alignment = ALIGNMENT  # every slot starts aligned, like every block segment
+
     def __init__(self, device: str | torch.device, slots: int, slot_bytes: int) -> None:
         if slots < 0 or slot_bytes < 0:
             raise ValueError(f"a staging ring needs slots >= 0 and slot_bytes >= 0, got {slots} and {slot_bytes}")
@@ -32,14 +34,16 @@ class StagingRing:
         start = index * self.slot_bytes
         return self.buffer[start : start + self.slot_bytes]
 
-    def views(self, layout: BlockLayout, index: int) -> tuple[torch.Tensor, ...]:
-        """Typed views of ``layout``'s tensors inside slot ``index``, in ``layout.tensors`` order."""
-        key = (layout.name, index)
+    def views(self, layout: BlockLayout, index: int, offset: int = 0) -> tuple[torch.Tensor, ...]:
+        """Typed views of ``layout``'s tensors inside slot ``index`` at byte ``offset`` (a block sharing its slot
+        with others, see distorch.schedule), in ``layout.tensors`` order."""
+        key = (layout.name, index, offset)
         cached = self._views.get(key)
         if cached is None:
-            if layout.nbytes > self.slot_bytes:
-                raise ValueError(f"block {layout.name!r} ({layout.nbytes} bytes) does not fit a {self.slot_bytes}-byte slot")
-            packed = self.slot(index)
+            if offset + layout.nbytes > self.slot_bytes:
+                raise ValueError(f"block {layout.name!r} ({layout.nbytes} bytes at offset {offset}) does not fit "
+                                 f"a {self.slot_bytes}-byte slot")
+            packed = self.slot(index)[offset:]
             cached = tuple(tensor.view_in(packed) for tensor in layout.tensors)
             self._views[key] = cached
         return cached

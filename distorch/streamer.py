@@ -1,12 +1,14 @@
 """The copy pipeline: streamed blocks flow from their arena into a ring of staging slots, ahead of compute.
 
-Copy sequence numbers run ``s = forward_index * N + j`` over the N streamed blocks and never reset, so
-slot ``s % R`` is handed out first-in first-out and the pipeline wraps from the last streamed block of
-one forward into the first ones of the next (every sampler step runs the blocks in the same order).
-Per slot, a ``free`` event is recorded on the compute stream after the block that used it ran, and a
-``ready`` event on the copy stream after the copy into it. A copy into a slot waits for ``free``;
-compute waits for ``ready``. Copy ``s`` is issued once block ``s - R`` has been enqueued, so the wait
-always sees the right ``free`` record, and no host synchronisation happens in the steady state.
+Copy sequence numbers run ``s = forward_index * N + j`` over the N streamed blocks and never reset, and the
+pipeline wraps from the last streamed block of one forward into the first ones of the next (every sampler
+step runs the blocks in the same order). Where each block lands is the static :class:`SlotSchedule`:
+consecutive small blocks share a slot as one fill, fills take the R slots first-in first-out. Per slot, a
+``free`` event is recorded on the compute stream after each block that used it ran, and per slot and position
+a ``ready`` event on the copy stream after the copy into it. A copy into a slot waits for ``free``; compute
+waits for ``ready``. A fill's copies are issued once the fill that used its slot before has been enqueued to
+its last block, so the wait always sees the right ``free`` record, and no host synchronisation happens in
+the steady state.
 
 Module tensors of a streamed block point into the arena except while that block runs: its pre-hook
 rebinds them to its slot, its (always-called) post-hook rebinds them back. Only block hooks are used,
@@ -29,6 +31,7 @@ from torch import nn
 
 from .donor import BOUNCE, PinnedBounce, choose_route, copy_via_host, peer_available, route_message
 from .layout import BlockLayout
+from .schedule import SlotSchedule
 from .staging import StagingRing
 from .telemetry import NullTelemetry, Telemetry
 
@@ -57,12 +60,13 @@ class StreamedBlock:
 class SyncCopyBackend:
     """Copies happen on the calling thread at issue time; events are no-ops. For CPU compute."""
 
-    def copy(self, seq: int, slot: int, dst: torch.Tensor, src: torch.Tensor, telemetry: Telemetry) -> None:
+    def copy(self, seq: int, slot: int, ready: int, dst: torch.Tensor, src: torch.Tensor,
+             telemetry: Telemetry) -> None:
         telemetry.copy_started(seq, src.numel())
         dst.copy_(src)
         telemetry.copy_finished(seq)
 
-    def wait_ready(self, slot: int) -> None:
+    def wait_ready(self, ready: int) -> None:
         pass
 
     def record_free(self, slot: int) -> None:
@@ -94,7 +98,8 @@ class CudaCopyBackend:
     H100 (bench/h2d_memory_kinds.py), i.e. the link, not the copy engine, is the limit again."""
 
     def __init__(self, compute_device: torch.device, sources: Iterable[torch.device], slots: int,
-                 split_host_copies: bool = True, slot_bytes: int = 0, donor_route: str | None = None) -> None:
+                 split_host_copies: bool = True, slot_bytes: int = 0, donor_route: str | None = None,
+                 positions: int = 1) -> None:
         self.compute_device = compute_device
         self.paths: dict[torch.device, _CopyPath] = {}
         for source in sources:
@@ -111,14 +116,15 @@ class CudaCopyBackend:
             else:
                 helper = torch.cuda.Stream(compute_device) if split_host_copies else None
                 self.paths[source] = _CopyPath(torch.cuda.Stream(compute_device), None, helper)
-        self.ready = [torch.cuda.Event() for _ in range(slots)]
+        self.ready = [torch.cuda.Event() for _ in range(slots * positions)]  # per slot and position in its fill
         self.free = [torch.cuda.Event() for _ in range(slots)]
         self.half_done = [torch.cuda.Event() for _ in range(slots)]
 
     def _compute_stream(self) -> torch.cuda.Stream:
         return torch.cuda.current_stream(self.compute_device)
 
-    def copy(self, seq: int, slot: int, dst: torch.Tensor, src: torch.Tensor, telemetry: Telemetry) -> None:
+    def copy(self, seq: int, slot: int, ready: int, dst: torch.Tensor, src: torch.Tensor,
+             telemetry: Telemetry) -> None:
         path = self.paths[src.device]
         # Telemetry marks go on a compute-device stream (the landing stream for donors): timing events of
         # two devices cannot be compared, and the telemetry compares copies with compute.
@@ -136,7 +142,7 @@ class CudaCopyBackend:
                 else:
                     self._copy_in_halves(path, slot, dst, src)
         telemetry.copy_finished(seq, landing)
-        self.ready[slot].record(landing)
+        self.ready[ready].record(landing)
 
     def _copy_in_halves(self, path: _CopyPath, slot: int, dst: torch.Tensor, src: torch.Tensor) -> None:
         half = -(-src.numel() // 2 // 256) * 256  # 256-aligned split point
@@ -147,8 +153,8 @@ class CudaCopyBackend:
         dst[:half].copy_(src[:half], non_blocking=True)
         path.stream.wait_event(self.half_done[slot])
 
-    def wait_ready(self, slot: int) -> None:
-        self._compute_stream().wait_event(self.ready[slot])
+    def wait_ready(self, ready: int) -> None:
+        self._compute_stream().wait_event(self.ready[ready])
 
     def record_free(self, slot: int) -> None:
         self.free[slot].record(self._compute_stream())
@@ -177,10 +183,11 @@ class CudaCopyBackend:
 
 
 def make_backend(compute_device: torch.device, sources: Iterable[torch.device], slots: int,
-                 split_host_copies: bool = True, slot_bytes: int = 0, donor_route: str | None = None):
+                 split_host_copies: bool = True, slot_bytes: int = 0, donor_route: str | None = None,
+                 positions: int = 1):
     """The CUDA backend when computing on a GPU, else the synchronous one."""
     if compute_device.type == "cuda":
-        return CudaCopyBackend(compute_device, sources, slots, split_host_copies, slot_bytes, donor_route)
+        return CudaCopyBackend(compute_device, sources, slots, split_host_copies, slot_bytes, donor_route, positions)
     return SyncCopyBackend()
 
 
@@ -191,6 +198,7 @@ class BlockStreamer:
         ring: StagingRing,
         backend: SyncCopyBackend | CudaCopyBackend,
         telemetry: Telemetry | None = None,
+        schedule: SlotSchedule | None = None,
     ) -> None:
         if blocks and ring.slots < 1:
             raise ValueError("streaming blocks needs a ring with at least one slot")
@@ -198,7 +206,10 @@ class BlockStreamer:
         self.ring = ring
         self.backend = backend
         self.telemetry = telemetry or NullTelemetry()
-        self.slots = min(ring.slots, len(self.blocks))  # more slots than blocks would copy a block twice
+        # Without a schedule: one block per slot, the ring of R block slots.
+        self.schedule = schedule or SlotSchedule.build([b.source.numel() for b in self.blocks], ring.slot_bytes,
+                                                       ring.slots, pack=False)
+        self.slots = self.schedule.slots if self.blocks else 0
         self.misses = 0
         self._next_run = 0  # sequence number of the next block expected to run
         self._next_copy = 0  # sequence number of the next copy to issue
@@ -277,12 +288,12 @@ class BlockStreamer:
         if index == 0 and not self._root_marks:
             self.telemetry.forward_started()
         seq = self._next_run
-        slot = seq % self.slots
+        slot = self.schedule.slot(seq)
         self.telemetry.block_waiting(seq)
-        self.backend.wait_ready(slot)
+        self.backend.wait_ready(self.schedule.ready_key(seq))
         self.telemetry.block_ready(seq)
         block = self.blocks[index]
-        block.bind(self.ring.views(block.layout, slot))
+        block.bind(self.ring.views(block.layout, slot, self.schedule.offset(seq)))
         self._running = (index, seq, slot)
 
     def _block_finished(self, index: int) -> None:
@@ -299,18 +310,19 @@ class BlockStreamer:
 
     # -- pipeline -----------------------------------------------------------------------------------
     def _issue_ahead(self) -> None:
-        """Issue every copy whose slot's previous user has been enqueued: seqs below next_run + R."""
-        while self._next_copy < self._next_run + self.slots:
+        """Issue every copy whose slot's previous fill has been enqueued to its end (schedule.may_copy)."""
+        while self.schedule.may_copy(self._next_copy, self._next_run):
             self._issue(self._next_copy)
             self._next_copy += 1
 
     def _issue(self, seq: int) -> None:
-        index, slot = seq % len(self.blocks), seq % self.slots
+        index, slot = seq % len(self.blocks), self.schedule.slot(seq)
         block = self.blocks[index]
         dst = self._destinations.get((index, slot))
         if dst is None:
-            dst = self._destinations[(index, slot)] = self.ring.slot(slot)[: block.source.numel()]
-        self.backend.copy(seq, slot, dst, block.source, self.telemetry)
+            start = self.schedule.offset(seq)
+            dst = self._destinations[(index, slot)] = self.ring.slot(slot)[start : start + block.source.numel()]
+        self.backend.copy(seq, slot, self.schedule.ready_key(seq), dst, block.source, self.telemetry)
 
     def _restart(self, index: int, reason: str) -> None:
         """Start the pipeline over at block ``index``, behind a device-side barrier."""

@@ -146,10 +146,10 @@ def free_vram(device: torch.device) -> int:
     return int(model_management.get_free_memory(device))
 
 
-def inference_headroom() -> int:
-    """What ComfyUI keeps free beyond the activation estimate (its minimum inference memory)."""
+def reserved_vram() -> int:
+    """The VRAM ComfyUI keeps reserved on top of everything (``--reserve-vram``; 400 MB on Linux by default)."""
     model_management = importlib.import_module("comfy.model_management")
-    return int(model_management.minimum_inference_memory())
+    return int(model_management.extra_reserved_memory())
 
 
 def forward_shape(executor: Any, noise: Any) -> tuple[list[int], int] | None:

@@ -85,7 +85,7 @@ SURFACE: tuple[Name, ...] = (
     Name("comfy.supported_models_base.BASE.supported_inference_dtypes", "dtypes a model type runs in"),
     # --- the automatic budget ---------------------------------------------------------------------------
     Name("comfy.model_management.get_free_memory", "VRAM free when a model loads for sampling", call=(1, ())),
-    Name("comfy.model_management.minimum_inference_memory", "headroom beside the activations", call=(0, ())),
+    Name("comfy.model_management.extra_reserved_memory", "ComfyUI's reserved VRAM, kept free", call=(0, ())),
     Name("comfy.samplers.CFGGuider#cfg", "cfg 1 skips the uncond forward"),
     Name("comfy.samplers.CFGGuider#original_conds", "how many conds share one forward"),
     Name("comfy.samplers.CFGGuider#model_options", "disable_cfg1_optimization"),

@@ -181,7 +181,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         held = state.plan.device_footprint_bytes if engine.is_loaded else 0
         free = comfy_adapter.free_vram(device) + held
         candidate = plan_auto(auto.request, auto.blocks, auto.other_bytes, free, auto.reserve_bytes,
-                              topology=auto.topology)
+                              topology=auto.topology, block_seconds=auto.block_seconds)
         if candidate.streamed == state.plan.streamed:
             return
         if engine.is_loaded:
@@ -192,9 +192,10 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
             self.model.model_loaded_weight_memory = 0
         engine.replan(candidate)
         state.plan = candidate
-        log.info("[DisTorch] %s: compute on %s, automatic budget re-planned for %.2f GB free, %.2f GB kept for %s; "
-                 "%s\n%s", type(self.model).__name__, device, free / 1e9, auto.reserve_bytes / 1e9,
-                 auto.reserve_reason, comfy_adapter.memory_path_line(), candidate.table())
+        log.info("[DisTorch] %s: compute on %s, automatic budget re-planned for %.2f GB free, %.2f GB kept for %s, "
+                 "streamed blocks %s; %s\n%s", type(self.model).__name__, device, free / 1e9, auto.reserve_bytes / 1e9,
+                 auto.reserve_reason, "paced by measured compute" if candidate.paced else "spread evenly",
+                 comfy_adapter.memory_path_line(), candidate.table())
         if candidate.budget_raised:
             log.warning("[DisTorch] %s", candidate.raised_message())
 
@@ -268,5 +269,7 @@ def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):
         return executor(*args, **kwargs)
     finally:
         stats = state.engine.telemetry.summary()
+        if state.auto is not None:
+            state.auto.note_block_seconds(state.engine.block_seconds())
         REGISTRY.record_prompt_stats(stats.as_dict())
         log.info("[DisTorch] %s", stats.console_line())

@@ -87,6 +87,7 @@ def test_auto_is_the_default_and_plans_from_free_memory_at_each_sampling_run(com
     assert torch.equal(_sample(comfy_nodes, model, pos, neg, cfg=3.0), resident)
     assert state.plan.streamed and not state.plan.budget_raised
     assert state.plan.device_footprint_bytes + state.plan.activation_reserve_bytes <= card.free
+    assert state.plan.paced  # the first run timed every block: streamed bytes now follow compute time
     packed = {name: state.engine._arenas[torch.device("cpu")].segment(name).data_ptr()
               for name in state.plan.streamed_names}
 

@@ -124,12 +124,26 @@ def test_engines_are_registered_weakly_and_pin_nothing_on_cpu():
 
 
 def test_a_plan_that_streams_nothing_just_moves_the_model():
-    xs = inputs(torch.float32, count=1)
+    xs = inputs(torch.float32, count=2)
     model = make_model()
     engine = StreamingEngine(model, plan_streaming(model, 0), EngineOptions())
     engine.load("cpu")
-    assert hook_count(model) == 0
-    assert torch.equal(run(model, xs)[0], reference_outputs(torch.float32, xs)[0])
+    assert all(torch.equal(a, b) for a, b in zip(run(model, xs), reference_outputs(torch.float32, xs)))
+    assert hook_count(model) == 0  # the block profiler's hooks are gone once it measured the second forward
+
+
+def test_every_block_is_timed_on_the_second_forward_after_a_load():
+    model = make_model()
+    engine = loaded_engine(model, 3)
+    run(model, inputs(torch.float32, count=1))
+    assert engine.block_seconds() is None  # the first forward pays one-off costs: not measured
+    run(model, inputs(torch.float32, count=1))
+    seconds = engine.block_seconds()
+    assert list(seconds) == [name for name, _ in engine.plan.block_sizes]
+    assert all(value > 0 for value in seconds.values())
+    hooks = hook_count(model)
+    run(model, inputs(torch.float32, count=1))
+    assert hook_count(model) == hooks and engine.block_seconds() == seconds  # measured once per load
 
 
 def test_a_replan_packs_only_blocks_never_packed_before_and_outputs_stay_unchanged():

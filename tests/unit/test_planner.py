@@ -139,3 +139,45 @@ def test_the_minimum_budget_is_exactly_where_planning_starts_to_succeed(sizes, r
     assert not plan.budget_raised
     below = plan_placement(blocks, 40, "cuda:0", minimum - 1, CPU, ring_slots, head, activation_reserve_bytes=5)
     assert below.budget_raised and below.device_footprint_bytes + 5 == minimum
+
+
+# --- pacing streamed bytes by measured compute time ----------------------------------------------------------
+from distorch.planner import paced_choice  # noqa: E402
+
+FLUX_SIZES = [680] * 19 + [280] * 38  # double blocks, then single blocks (bytes in arbitrary units)
+FLUX_SECONDS = [3.3] * 19 + [2.8] * 38  # measured compute: a double block costs little more than a single one
+
+
+def _bytes_before(chosen, sizes, upto):
+    return sum(sizes[i] for i in chosen if i < upto)
+
+
+def test_paced_choice_streams_bytes_in_step_with_compute_time():
+    chosen = paced_choice(FLUX_SIZES, FLUX_SECONDS, head=1, target_bytes=10_000)
+    streamed = sum(FLUX_SIZES[i] for i in chosen)
+    assert 10_000 <= streamed <= 10_000 + 680
+    total = sum(FLUX_SECONDS)
+    for upto in range(len(FLUX_SIZES) + 1):
+        share = sum(FLUX_SECONDS[:upto]) / total
+        assert _bytes_before(chosen, FLUX_SIZES, upto) <= (share + 0.02) * 10_000 + 1e-9
+
+
+def test_paced_choice_streams_fewer_big_cheap_blocks_than_an_even_spread():
+    even = plan_placement([(f"b{i}", n) for i, n in enumerate(FLUX_SIZES)], 0, "cuda:0", 16_000, CPU, ring_slots=2)
+    paced = plan_placement([(f"b{i}", n) for i, n in enumerate(FLUX_SIZES)], 0, "cuda:0", 16_000, CPU, ring_slots=2,
+                           block_seconds=FLUX_SECONDS)
+    doubles = lambda plan: sum(1 for name, _ in plan.streamed if int(name[1:]) < 19)  # noqa: E731
+    assert paced.paced and not even.paced
+    assert doubles(paced) < doubles(even)
+    assert paced.device_footprint_bytes <= 16_000 and abs(paced.streamed_bytes - even.streamed_bytes) <= 700
+
+
+def test_with_equal_blocks_and_equal_costs_pacing_spreads_evenly():
+    chosen = paced_choice([100] * 20, [1.0] * 20, head=0, target_bytes=500)
+    gaps = [b - a for a, b in zip(chosen, chosen[1:])]
+    assert len(chosen) == 5 and max(gaps) - min(gaps) <= 1
+
+
+def test_costs_of_the_wrong_length_fall_back_to_the_even_spread():
+    plan = plan_placement(equal_blocks(10), 50, "cuda:0", 850, CPU, block_seconds=[1.0] * 3)
+    assert not plan.paced and len(plan.streamed) == 5
