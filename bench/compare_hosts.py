@@ -56,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--cfgs", type=floats, default=[1.0, 3.5])
     ap.add_argument("--free-gib", type=floats, default=[16.0, 6.0], help="free VRAM targets of core and ours")
     ap.add_argument("--modes", type=names, default=["resident", "core", "ours"])
+    ap.add_argument("--ours-hosts", type=names, default=[],
+                    help="run our engine on these hosts only (default: every host)")
     ap.add_argument("--ours-budget", type=names, default=["auto"],
                     help="comma list: auto (virtual_vram_gb=None) and/or GB values; one ours case each")
     ap.add_argument("--dynamic-vram", choices=["on", "off"], default="on", help="on hosts that have it")

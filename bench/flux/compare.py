@@ -55,7 +55,7 @@ def build_specs(opts: argparse.Namespace, hosts: list[HostTree], work: Path) -> 
         for free in opts.free_gib:
             if "core" in opts.modes:
                 add(f"{host.version}/core/{free:g}GiB", mode="core", free_gib=free)
-            if "ours" in opts.modes:
+            if "ours" in opts.modes and (not opts.ours_hosts or host.version in opts.ours_hosts):
                 for budget in opts.ours_budget:
                     add(f"{host.version}/ours-{budget_label(budget)}/{free:g}GiB", mode="ours", free_gib=free,
                         ours_budget=budget)
