@@ -53,13 +53,18 @@ class ComfyServer:
 
     def __init__(self, log_path: Path | None = None, output_dir: Path | None = None,
                  extra_custom_nodes: list[Path] = (), python: str = sys.executable,
-                 start_timeout: float = 180.0) -> None:
+                 start_timeout: float = 180.0, extra_models: Path | None = None,
+                 front_end_root: Path | None = None) -> None:
+        """``extra_models``: a folder laid out like ``models/`` (``diffusion_models/``, ``vae/``, ...) that ComfyUI
+        searches too; ``front_end_root``: the front end to serve (default: none, the HTTP API needs none)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.work = Path(tempfile.mkdtemp(prefix="distorch-comfy-"))
         self.log_path = Path(log_path) if log_path else self.work / "server.log"
         self.output_dir = Path(output_dir) if output_dir else self.work / "output"
         self.extra_custom_nodes = [Path(p).resolve() for p in extra_custom_nodes]
+        self.extra_models = Path(extra_models).resolve() if extra_models else None
+        self.front_end_root = Path(front_end_root) if front_end_root else WEB_ROOT
         self.python = python
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
@@ -68,21 +73,25 @@ class ComfyServer:
     def command(self) -> list[str]:
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(BASE_DIR),
-               "--front-end-root", str(WEB_ROOT), "--output-directory", str(self.output_dir)]
-        if self.extra_custom_nodes:
+               "--front-end-root", str(self.front_end_root), "--output-directory", str(self.output_dir)]
+        if self.extra_custom_nodes or self.extra_models:
             cmd += ["--extra-model-paths-config", str(self._extra_paths_file())]
         return cmd
 
     def _extra_paths_file(self) -> Path:
-        """A custom_nodes folder of symlinks, announced to ComfyUI through an extra-paths yaml."""
+        """A custom_nodes folder of symlinks and the extra models folder, announced through an extra-paths yaml."""
         folder = self.work / "custom_nodes"
         folder.mkdir(exist_ok=True)
         for plugin in self.extra_custom_nodes:
             link = folder / plugin.name
             if not link.exists():
                 link.symlink_to(plugin, target_is_directory=True)
+        text = f"distorch_extra:\n  base_path: {self.work}\n  custom_nodes: custom_nodes\n"
+        if self.extra_models:
+            kinds = sorted(p.name for p in self.extra_models.iterdir() if p.is_dir())
+            text += f"distorch_models:\n  base_path: {self.extra_models}\n" + "".join(f"  {k}: {k}\n" for k in kinds)
         config = self.work / "extra_paths.yaml"
-        config.write_text(f"distorch_extra:\n  base_path: {self.work}\n  custom_nodes: custom_nodes\n")
+        config.write_text(text)
         return config
 
     def start(self) -> ComfyServer:
@@ -148,6 +157,13 @@ class ComfyServer:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:  # 400 = validation failed; its body says why
             raise ServerError(f"POST {path}: {error.code} {error.read().decode(errors='replace')}") from None
+
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """ComfyUI's ``POST /free``: unload models, and with ``free_memory`` also drop the execution cache."""
+        request = urllib.request.Request(self.url + "/free", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"unload_models": unload_models,
+                                                          "free_memory": free_memory}).encode())
+        urllib.request.urlopen(request, timeout=30).close()  # answers with an empty body
 
     def queue_prompt(self, graph: dict) -> str:
         return self.post("/prompt", {"prompt": graph})["prompt_id"]
