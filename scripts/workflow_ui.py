@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 NOTE_TYPE = "MarkdownNote"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-COLUMN_WIDTH, NODE_WIDTH, NOTE_WIDTH = 380, 340, 420
+COLUMN_WIDTH, NODE_WIDTH, NOTE_WIDTH = 400, 360, 440
 ROW_HEIGHT, NODE_HEADER, GAP = 24, 46, 40
+DRAWING_HEIGHT = 200  # room for what web/distorch.js draws under a DisTorch loader (plan bars, timeline)
 
 
 def _is_widget(spec: list) -> bool:
@@ -74,7 +75,8 @@ def _widget_values(node: dict, info: dict) -> list:
 
 def _node_height(node: dict, info: dict) -> int:
     rows = sum(1 for name, spec in _inputs(info) if _is_widget(spec) or _is_link(node["inputs"].get(name)))
-    return NODE_HEADER + ROW_HEIGHT * max(rows, len(info["output"]))
+    drawing = DRAWING_HEIGHT if node["class_type"].startswith("DisTorch") else 0
+    return NODE_HEADER + ROW_HEIGHT * max(rows, len(info["output"])) + drawing
 
 
 def api_to_ui(api: dict[str, dict], object_info: dict, note: str) -> dict:
