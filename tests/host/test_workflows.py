@@ -106,4 +106,4 @@ def test_shipped_examples_carry_a_note_with_the_card_size_and_what_to_expect(api
     notes = [n for n in json.loads(_ui_file(api_file).read_text())["nodes"] if n["type"] in FRONT_END_ONLY]
     assert len(notes) == 1
     text = notes[0]["widgets_values"][0]
-    assert "**Card" in text and "GB" in text and "**Expect:**" in text and "**Files" in text
+    assert "**Card" in text and "GB" in text and "**Expect:**" in text and "**File" in text
