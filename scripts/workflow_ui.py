@@ -38,7 +38,8 @@ def _has_control_value(name: str, spec: list) -> bool:
 
 
 def _inputs(info: dict) -> list[tuple[str, list]]:
-    return [(name, spec) for section in ("required", "optional") for name, spec in info["input"].get(section, {}).items()]
+    sections = [info["input"].get(section, {}) for section in ("required", "optional")]
+    return [(name, spec) for section in sections for name, spec in section.items()]
 
 
 def _is_link(value: Any) -> bool:
@@ -100,9 +101,11 @@ def api_to_ui(api: dict[str, dict], object_info: dict, note: str) -> dict:
         x = NOTE_WIDTH + 80 + depth[key] * COLUMN_WIDTH
         y = column_y.get(depth[key], 40)
         column_y[depth[key]] = y + _node_height(node, info) + GAP
-        nodes.append({"id": int(key), "type": node["class_type"], "pos": [x, y], "size": [NODE_WIDTH, _node_height(node, info)],
-                      "flags": {}, "order": position, "mode": 0, "inputs": inputs, "outputs": [], "title": node["_meta"]["title"],
-                      "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": _widget_values(node, info)})
+        nodes.append({"id": int(key), "type": node["class_type"], "pos": [x, y],
+                      "size": [NODE_WIDTH, _node_height(node, info)], "flags": {}, "order": position, "mode": 0,
+                      "inputs": inputs, "outputs": [], "title": node["_meta"]["title"],
+                      "properties": {"Node name for S&R": node["class_type"]},
+                      "widgets_values": _widget_values(node, info)})
     for ui_node in nodes:
         info = object_info[ui_node["type"]]
         names = info.get("output_name") or info["output"]

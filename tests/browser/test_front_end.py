@@ -58,8 +58,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
 
 def _seen_templates_dialog(server: ComfyServer) -> None:
     """Settings of a user who has seen the start-up templates dialog: it would cover the canvas."""
-    request = urllib.request.Request(server.url + "/settings", data=json.dumps({"Comfy.TutorialCompleted": True}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    settings = json.dumps({"Comfy.TutorialCompleted": True}).encode()
+    request = urllib.request.Request(server.url + "/settings", data=settings, headers={"Content-Type": "application/json"})
     urllib.request.urlopen(request, timeout=30).close()
 
 
@@ -72,7 +72,8 @@ def artifacts(request: pytest.FixtureRequest) -> Iterator[Path]:
     yield folder
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line(f"\nfront-end screenshots ({HOST.name}, front end {FRONT_END.parent.parent.name}): {folder}")
+        front_end = FRONT_END.parent.parent.name
+        reporter.write_line(f"\nfront-end screenshots ({HOST.name}, {front_end}): {folder}")
 
 
 class Console:
@@ -135,7 +136,8 @@ LOAD_SCRIPT = """async ([graph, changes]) => {
   // fit the whole graph into the canvas below the top bar (screen = (graph + offset) * scale)
   const nodes = window.app.graph._nodes, canvas = window.app.canvas;
   const x0 = Math.min(...nodes.map((n) => n.pos[0])), y0 = Math.min(...nodes.map((n) => n.pos[1] - 30));
-  const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+  const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
+  const y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
   const width = canvas.canvas.clientWidth - 120, height = canvas.canvas.clientHeight - 180;
   const scale = Math.min(width / (x1 - x0), height / (y1 - y0), 1);
   canvas.ds.scale = scale;
@@ -152,7 +154,8 @@ DISTORCH_NODES = """() => window.app.graph._nodes.filter((n) => String(n.type).s
   timeline: n.widgets.find((w) => w.name === "distorch_timeline").state }))"""
 
 
-def test_the_front_end_starts_with_our_extension_loaded_and_nothing_of_ours_in_errors(page: tuple[Any, Console]) -> None:
+def test_the_front_end_starts_with_our_extension_loaded_and_nothing_of_ours_in_errors(
+        page: tuple[Any, Console]) -> None:
     browser_page, console = page
     assert browser_page.evaluate("() => (window.app.extensions || []).map((e) => e.name)").count(
         "comfyui-distorch.preview") == 1

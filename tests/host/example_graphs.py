@@ -9,15 +9,16 @@ shipped. :func:`for_cpu` then changes only what a CPU cannot run: the size of th
 **Heavy text encoders.** ComfyUI builds T5-XXL (DualCLIPLoader type ``flux``) and UMT5-XXL (CLIPLoader type
 ``wan``) from fixed configs: 24 blocks of width 4096, 4.7 B and 5.7 B parameters, whatever the file holds. A
 file with fewer blocks does load (``clip missing: [...]`` is only a warning) but the model is still built full
-size: the missing blocks are ``torch.empty`` memory (probed on ComfyUI 0.3.75 with only block 0 in the file:
-the big matrices of block 5 read as zero pages, its layer-norm gain held NaN, so the output is NaN), every forward still runs all 24 blocks (about 2.4 TFLOP for Flux's 256-token
-minimum, 4.7 TFLOP for Wan's 512: minutes per prompt on 2 cores) and the streaming loader packs the missing
-blocks into its arena (GBs of RAM). So the tests keep the loader nodes, their wiring and devices and change the
-encoder ``type`` to ``sd3``, which ComfyUI builds from the files it is given: the T5/UMT5 file names point at
-CLIP-L, and ComfyUI's SD3 text encoder zero-pads CLIP-L's context to T5's width 4096. So the diffusion models see
-conditioning of the real width; the pooled vector is 2048 wide (CLIP-L + CLIP-G's zeros), which is why the Flux
-stand-in's vector_in takes 2048 instead of 768. Limits: the T5/UMT5 code itself (tokenizer, relative attention)
-is not run here, and the streamed text encoder is CLIP-L (12 blocks) where users stream T5 (24 bigger ones).
+size: the missing blocks are ``torch.empty`` memory (probed on ComfyUI 0.3.75 with only block 0 in the file: the
+big matrices of block 5 read as zero pages, its layer-norm gain held NaN, so the output is NaN), every forward
+still runs all 24 blocks (about 2.4 TFLOP for Flux's 256-token minimum, 4.7 TFLOP for Wan's 512: minutes per
+prompt on 2 cores) and the streaming loader packs the missing blocks into its arena (GBs of RAM). So the tests
+keep the loader nodes, their wiring and devices and change the encoder ``type`` to ``sd3``, which ComfyUI builds
+from the files it is given: the T5/UMT5 file names point at CLIP-L, and ComfyUI's SD3 text encoder zero-pads
+CLIP-L's context to T5's width 4096. So the diffusion models see conditioning of the real width; the pooled vector
+is 2048 wide (CLIP-L + CLIP-G's zeros), which is why the Flux stand-in's vector_in takes 2048 instead of 768.
+Limits: the T5/UMT5 code itself (tokenizer, relative attention) is not run here, and the streamed text encoder is
+CLIP-L (12 blocks) where users stream T5 (24 bigger ones).
 
 **Budget.** The shipped ``virtual_vram_gb`` is ``auto``: on a CPU the "VRAM" is all of the system's free RAM,
 so ``auto`` streams nothing; the tests give a small budget instead so every streaming loader really streams.
