@@ -162,6 +162,36 @@ def _install_site(bundled: Bundled) -> None:
     print(f"site layer for ComfyUI {bundled.key}: {host.site}")
 
 
+# --- the front end each host pins, for the browser tests -----------------------------------------------
+FRONT_END_DIR = HOSTS_DIR / "frontend"
+FRONT_END_PACKAGE = "comfyui-frontend-package"
+
+
+def front_end_pin(host: Host) -> str | None:
+    """The front-end version the host's requirements.txt pins (``comfyui-frontend-package==X``), or None."""
+    match = re.search(rf"^{FRONT_END_PACKAGE}==([\w.]+)", _read(host.root / "requirements.txt"), re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def front_end_root(host: Host) -> Path | None:
+    """The installed static folder of the host's pinned front end (ComfyUI's --front-end-root), or None."""
+    version = front_end_pin(host)
+    static = FRONT_END_DIR / f"{FRONT_END_PACKAGE}-{version}" / "comfyui_frontend_package" / "static"
+    return static if version and (static / "index.html").is_file() else None
+
+
+def install_front_end(host: Host) -> None:
+    """pip install the pinned front end into its own folder (no dependencies: it is static files)."""
+    version = front_end_pin(host)
+    if version is None or front_end_root(host) is not None:
+        return
+    target = FRONT_END_DIR / f"{FRONT_END_PACKAGE}-{version}"
+    shutil.rmtree(target, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                    "--target", str(target), f"{FRONT_END_PACKAGE}=={version}"], check=True)
+    print(f"front end {version} for {host.name}: {target}")
+
+
 def prepare_base(host: Host) -> None:
     """The host's --base-directory: our plugin linked into custom_nodes/, the shared models/."""
     base = host.base_dir
@@ -191,6 +221,7 @@ def setup_bundled() -> list[tuple[Bundled, str | None]]:
         if reason is None:
             _install_tree(bundled)
             _install_site(bundled)
+            install_front_end(bundled.host)
             prepare_base(bundled.host)
         results.append((bundled, reason))
     return results

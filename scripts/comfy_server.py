@@ -58,7 +58,7 @@ def ensure_models(model_set: str = "tiny") -> dict[str, Path]:
     return _ensure(MODELS_DIR, model_set=model_set, device="cpu", comfy_root=COMFY_ROOT)
 
 
-# ComfyUI's model folders a server started with ``models_dir`` also searches (extra-paths yaml).
+# ComfyUI's model folders a server started with ``extra_models`` also searches (extra-paths yaml).
 MODEL_FOLDERS = ("diffusion_models", "checkpoints", "text_encoders", "clip", "vae", "loras", "clip_vision",
                  "controlnet")
 
@@ -68,17 +68,21 @@ class ComfyServer:
 
     ``gpu``: leave out ``--cpu`` (ComfyUI picks the GPU; 0.33 then enables Dynamic VRAM by itself on NVIDIA).
     ``host``/``base_dir``: another ComfyUI tree / --base-directory than the process's current host (a private
-    base keeps a shared one's plugin link untouched). ``models_dir``: one more models folder (ComfyUI layout),
+    base keeps a shared one's plugin link untouched). ``extra_models``: one more models folder (ComfyUI layout),
     searched besides the base's. ``extra_args``: appended to main.py's command line."""
 
     def __init__(self, log_path: Path | None = None, output_dir: Path | None = None,
                  extra_custom_nodes: list[Path] = (), python: str = sys.executable,
                  start_timeout: float = 180.0, gpu: bool = False, host: Host | None = None,
-                 base_dir: Path | None = None, models_dir: Path | None = None, extra_args: list[str] = ()) -> None:
+                 base_dir: Path | None = None, extra_models: Path | None = None, extra_args: list[str] = (),
+                 front_end_root: Path | None = None) -> None:
+        """``extra_models``: a folder laid out like ``models/`` (``diffusion_models/``, ``vae/``, ...) that ComfyUI
+        searches too; ``front_end_root``: the front end to serve (default: none, the HTTP API needs none);
+        ``gpu``: without ``--cpu``; ``host``/``base_dir``: another ComfyUI tree or base directory than the current
+        one; ``extra_args``: more main.py arguments."""
         host = host or HOST
         self.host = Host(host.root, host.site, Path(base_dir) if base_dir else host.base)
         self.gpu = gpu
-        self.models_dir = Path(models_dir).resolve() if models_dir else None
         self.extra_args = list(extra_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -86,6 +90,8 @@ class ComfyServer:
         self.log_path = Path(log_path) if log_path else self.work / "server.log"
         self.output_dir = Path(output_dir) if output_dir else self.work / "output"
         self.extra_custom_nodes = [Path(p).resolve() for p in extra_custom_nodes]
+        self.extra_models = Path(extra_models).resolve() if extra_models else None
+        self.front_end_root = Path(front_end_root) if front_end_root else WEB_ROOT
         self.python = python
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
@@ -94,25 +100,25 @@ class ComfyServer:
     def command(self) -> list[str]:
         cmd = [self.python, "main.py"] + ([] if self.gpu else ["--cpu"]) + [
             "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch", "--disable-api-nodes",
-            "--base-directory", str(self.host.base_dir), "--front-end-root", str(WEB_ROOT),
+            "--base-directory", str(self.host.base_dir), "--front-end-root", str(self.front_end_root),
             "--output-directory", str(self.output_dir)]
-        if self.extra_custom_nodes or self.models_dir:
+        if self.extra_custom_nodes or self.extra_models:
             cmd += ["--extra-model-paths-config", str(self._extra_paths_file())]
         return cmd + self.extra_args
 
     def _extra_paths_file(self) -> Path:
-        """A custom_nodes folder of symlinks, announced to ComfyUI through an extra-paths yaml."""
+        """A custom_nodes folder of symlinks and the extra models folder, announced through an extra-paths yaml."""
         folder = self.work / "custom_nodes"
         folder.mkdir(exist_ok=True)
         for plugin in self.extra_custom_nodes:
             link = folder / plugin.name
             if not link.exists():
                 link.symlink_to(plugin, target_is_directory=True)
-        config = self.work / "extra_paths.yaml"
         text = f"distorch_extra:\n  base_path: {self.work}\n  custom_nodes: custom_nodes\n"
-        if self.models_dir:
-            text += f"distorch_models:\n  base_path: {self.models_dir}\n"
-            text += "".join(f"  {folder}: {folder}\n" for folder in MODEL_FOLDERS)
+        if self.extra_models:
+            kinds = sorted(set(MODEL_FOLDERS) | {p.name for p in self.extra_models.iterdir() if p.is_dir()})
+            text += f"distorch_models:\n  base_path: {self.extra_models}\n" + "".join(f"  {k}: {k}\n" for k in kinds)
+        config = self.work / "extra_paths.yaml"
         config.write_text(text)
         return config
 
@@ -182,6 +188,13 @@ class ComfyServer:
                 return json.loads(body) if body.strip() else None  # POST /free answers 200 with no body
         except urllib.error.HTTPError as error:  # 400 = validation failed; its body says why
             raise ServerError(f"POST {path}: {error.code} {error.read().decode(errors='replace')}") from None
+
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """ComfyUI's ``POST /free``: unload models, and with ``free_memory`` also drop the execution cache."""
+        request = urllib.request.Request(self.url + "/free", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"unload_models": unload_models,
+                                                          "free_memory": free_memory}).encode())
+        urllib.request.urlopen(request, timeout=30).close()  # answers with an empty body
 
     def queue_prompt(self, graph: dict) -> str:
         return self.post("/prompt", {"prompt": graph})["prompt_id"]

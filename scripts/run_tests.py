@@ -6,7 +6,7 @@
 
 Phases (each its own pytest process, so each host imports its own ComfyUI with its own packages):
   engine: tests/unit and tests/gpu (no ComfyUI; tests/gpu skips itself without CUDA)
-  host:   tests/host against ComfyUI 0.3.75 and 0.33.0 (scripts/comfy_hosts.py), or only against the checkout
+  host:   tests/browser (the real front end) and tests/host against ComfyUI 0.3.75 and 0.33.0 (scripts/comfy_hosts.py), or only against the checkout
           DISTORCH_COMFY_ROOT names
 The output ends with one line per phase, e.g. ``host comfyui 0.33.0: 62 passed, 0 failed``; a host that is not
 available here gets a line saying why it was skipped. Exit status 1 if anything failed.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfy_hosts import BUNDLED, ENV_ROOT, ROOT, Host, current_host  # noqa: E402
 
 ENGINE_TESTS = ["tests/unit", "tests/gpu"]
-HOST_TESTS = ["tests/host"]
+HOST_TESTS = ["tests/browser", "tests/host"]  # browser first: its server is gone before the host suite's starts
 
 
 @dataclass

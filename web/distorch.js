@@ -12,8 +12,8 @@ const FONT = "11px sans-serif";
 const ERROR_LINES = 6;
 const CHART = 48;
 const COLORS = { resident: "#4caf50", ring: "#a5d6a7", stores: ["#42a5f5", "#ffa726", "#ab47bc", "#26c6da"],
-  back: "#2a2a2a", text: "#dddddd", dim: "#999999", error: "#ff5555", copy: "#42a5f5", compute: "#4caf50",
-  stall: "#ff5555" };
+  back: "#2a2a2a", text: "#dddddd", dim: "#999999", error: "#ff5555", warning: "#ffb74d", copy: "#42a5f5",
+  compute: "#4caf50", stall: "#ff5555" };
 // model widget -> the model folder the server resolves it in (mirrors the core loaders' inputs)
 const MODEL_WIDGETS = [["unet_name", "diffusion_models"], ["ckpt_name", "checkpoints"], ["clip_name", "text_encoders"],
   ["clip_name1", "text_encoders"], ["clip_name2", "text_encoders"], ["clip_name3", "text_encoders"]];
@@ -147,12 +147,24 @@ function loadedAs(preview) {
   return labels.length ? ` in ${labels.join(" + ")}` : "";
 }
 
+// What the plan is for: the automatic budget plans for the VRAM free now (the run re-plans with what is free then)
+function budgetNote(preview) {
+  if (!preview.auto) return null;
+  const compute = (preview.devices || []).find((entry) => entry.role === "compute");
+  const free = compute?.budget_bytes == null ? "" : ` for the ${bytes(compute.budget_bytes)} free now`;
+  return `auto: planned${free} on ${preview.compute_device}; each run re-plans with what is free then`;
+}
+
 function previewLines(state, width) {
-  // [kind, payload] in drawing order: a heading, then per device a bar and its wrapped label
+  // [kind, payload] in drawing order: a heading, the budget note, a warning, then per device a bar and its label
   if (state.error) return errorLines(state.error, width).map((line) => ["error", line]);
   const p = state.preview;
   const lines = wrap(`DisTorch plan: ${bytes(p.model_bytes)}${loadedAs(p)}, ${blocks(p.block_count)}`, inner(width))
     .map((line) => ["heading", line]);
+  const note = budgetNote(p);
+  if (note) lines.push(...wrap(note, inner(width)).map((line) => ["heading", line]));
+  // a budget below the minimum runs with the minimum: a warning (amber), never an error, since the graph runs
+  if (p.warning) lines.push(...wrap(readable(p.warning), inner(width), ERROR_LINES).map((line) => ["warning", line]));
   for (const row of deviceRows(p)) {
     lines.push(["bar", row]);
     const total = row.total ? ` of ${bytes(row.total)}` : "";
@@ -171,7 +183,7 @@ function drawPreview(ctx, width, y, state) {
   ctx.textBaseline = "top";
   const x = MARGIN, w = inner(width);
   let top = y + PAD;
-  const colors = { error: COLORS.error, heading: COLORS.dim, label: COLORS.text };
+  const colors = { error: COLORS.error, warning: COLORS.warning, heading: COLORS.dim, label: COLORS.text };
   for (const [kind, item] of previewLines(state, width)) {
     if (kind === "bar") {
       const used = item.parts.reduce((s, [n]) => s + (n || 0), 0);

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import specs as s
+from .examples import EXAMPLES
 from .specs import META, Spec, StateDict
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
@@ -96,4 +97,5 @@ FULL: list[Spec] = [
     Spec("t5xxl_full", "text_encoders/distorch-t5xxl-fp16.safetensors", FP16, {"te": "t5xxl"}, _t5xxl),
 ]
 
-SETS: dict[str, list[Spec]] = {"tiny": TINY, "full": FULL}
+# the stand-ins of the files the example workflows name (scripts/synth/examples.py)
+SETS: dict[str, list[Spec]] = {"tiny": TINY, "full": FULL, "examples": EXAMPLES}

@@ -138,7 +138,7 @@ class Coexistence:
         self.server = ComfyServer(log_path=self.o.server_log or self.work / "server.log",
                                   output_dir=self.work / "output", extra_custom_nodes=[PROBE_NODES],
                                   gpu=not self.o.cpu, host=host, base_dir=self.work / "base",
-                                  models_dir=self.o.models_dir, start_timeout=240)
+                                  extra_models=self.o.models_dir, start_timeout=240)
         t0 = time.monotonic()
         self.server.start()
         info = self.server.get("/object_info", timeout=60)

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from comfy_server import BASE_DIR, COMFY_ROOT, MODELS_DIR, ComfyServer, ensure_models  # noqa: E402
+from example_graphs import link_stand_ins  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"
 PROBE_NODES = Path(__file__).resolve().parent / "probe_nodes"
@@ -39,10 +40,16 @@ def models() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> ComfyServer:
+def stand_ins(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder naming the files the shipped examples name, linked to synthesized stand-ins."""
+    return link_stand_ins(tmp_path_factory.mktemp("stand-ins"), {**models, **ensure_models("examples")})
+
+
+@pytest.fixture(scope="session")
+def server(models: dict[str, Path], stand_ins: Path, tmp_path_factory: pytest.TempPathFactory) -> ComfyServer:
     work = tmp_path_factory.mktemp("comfy")
     with ComfyServer(log_path=work / "server.log", output_dir=work / "output",
-                     extra_custom_nodes=[PROBE_NODES]) as running:
+                     extra_custom_nodes=[PROBE_NODES], extra_models=stand_ins) as running:
         yield running
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONT_END_ONLY = {"Note", "MarkdownNote"}  # drawn by the front end, never sent to the server
 
 
 def _is_widget(spec: Any) -> bool:
@@ -38,6 +39,8 @@ def ui_to_api(ui: dict, object_info: dict) -> dict[str, dict]:
     links = {link[0]: link for link in ui["links"]}  # [id, from_node, from_slot, to_node, to_slot, type]
     graph: dict[str, dict] = {}
     for node in ui["nodes"]:
+        if node["type"] in FRONT_END_ONLY:
+            continue
         inputs = _widget_inputs(node, object_info[node["type"]])
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:

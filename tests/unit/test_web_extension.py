@@ -86,6 +86,19 @@ def test_a_bad_allocation_is_drawn_in_red_with_token_and_position(report):
     assert "unknown unit 'gx' at position 8" in drawn and "token 'gx' at 8" in drawn
 
 
+def test_a_budget_raised_to_the_minimum_is_an_amber_warning_not_a_red_error(report):
+    lines = report["warning"]["drawing"]["texts"]
+    assert not [line for line in lines if line["color"] == "#ff5555"]  # the graph runs: nothing in red
+    warned = " ".join(line["text"] for line in lines if line["color"] == "#ffb74d")
+    assert "is below the minimum 1.50 GB (non-block modules 100.00 MB); running with the minimum" in warned
+    assert "cuda:0: compute 1.20 GB (1 block) + ring 300.00 MB of 24.00 GB" in texts(report["warning"]["drawing"])
+
+
+def test_the_automatic_budget_says_it_plans_for_the_vram_free_now(report):
+    drawn = texts(report["warning"]["drawing"])
+    assert "auto: planned for the 300.00 MB free now on cuda:0; each run re-plans with what is free then" in drawn
+
+
 def test_an_unreachable_server_leaves_the_node_without_a_drawing(report):
     assert len(report["unreachable"]["requests"]) == 1
     assert report["unreachable"]["drawing"] == {"texts": [], "height": 0}

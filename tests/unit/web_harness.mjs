@@ -54,6 +54,16 @@ for (const text of ["c", "cuda:0,8g", "cuda:0,8gx"]) { allocation.value = text; 
 await sleep(500);
 report.error = { requests: requests.splice(0), drawing: draw(node, "distorch_preview") };
 
+// the automatic budget, raised to the minimum: a plan that runs, so an amber warning and no red
+answers.push({ status: 200, body: { model_bytes: 2e9, block_count: 2, auto: true, compute_device: "cuda:0",
+  warning: "weight budget 0.30 GB on cuda:0 is below the minimum 1.50 GB (non-block modules 100000000 bytes); "
+    + "running with the minimum", devices: [
+  { device: "cuda:0", role: "compute", bytes: 1.2e9, ring_bytes: 3e8, blocks: 1, budget_bytes: 3e8, total_bytes: 24e9 },
+  { device: "cpu", role: "store", bytes: 8e8, blocks: 1, total_bytes: 64e9 }] } });
+node.widgets.find((w) => w.name === "virtual_vram_gb").callback("auto");
+await sleep(500);
+report.warning = { requests: requests.splice(0), drawing: draw(node, "distorch_preview") };
+
 answers.push("throw"); // the server is gone: the node must draw nothing and throw nothing
 allocation.callback("x");
 await sleep(500);

@@ -1,0 +1,190 @@
+"""One real server through many prompts stays up, answers every bad input clearly, and gives its memory back.
+
+The prompts cycle through model switches (SD1.5 checkpoint streamed, SD3 and Flux diffusion models streamed),
+LoRA strength changes on the streamed Flux, interrupts (``POST /interrupt`` while a prompt runs), malformed
+inputs, a truncated safetensors file and ``POST /free``. ``DISTORCH_SOAK_PROMPTS`` sets how many (default 40, a
+CI-sized run; 400 on the GPU machine, where the compute device is cuda:0). Each cycle prints one JSON line of
+the server's host RSS, pinned bytes and VRAM.
+
+Memory is compared at rest: after ``POST /free`` (models unloaded, the execution cache dropped, then ComfyUI's
+own gc.collect) and once RSS stops moving. The baseline is taken the same way after one warm-up cycle, because
+the first run of each kind of prompt allocates for good (imported modules, torch kernels and thread pools,
+ComfyUI's caches, glibc arenas sized to the peak). Pinned bytes and VRAM must come back to the baseline within
+1%. RSS must too: glibc keeps some freed memory in its arenas, but after a warm-up cycle has already sized them
+to the same peaks, a later cycle should reuse them; growth past 1% is memory held by something alive.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+from comfy_server import ComfyServer, ServerError, execution_error, load_graph
+from conftest import WORKFLOWS
+from test_routes import scrape
+
+PROMPTS = int(os.environ.get("DISTORCH_SOAK_PROMPTS", "40"))
+TOLERANCE = 0.01
+TRUNCATED = "distorch-truncated.safetensors"
+
+
+@pytest.fixture(scope="module")
+def soak_server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    work = tmp_path_factory.mktemp("soak")
+    extra = work / "models" / "checkpoints"
+    extra.mkdir(parents=True)
+    source = models["sd15_tiny"].read_bytes()
+    (extra / TRUNCATED).write_bytes(source[: len(source) // 2])  # a download cut in half
+    with ComfyServer(log_path=work / "server.log", output_dir=work / "output", extra_models=work / "models") as running:
+        yield running
+
+
+class Soak:
+    """Builds the prompts of one cycle and runs them, counting what it ran."""
+
+    def __init__(self, server: ComfyServer, device: str) -> None:
+        self.server, self.device, self.seed, self.count = server, device, 5000, 0
+
+    def _seeded(self, graph: dict) -> dict:
+        self.seed += 1
+        for node in graph.values():
+            if "seed" in node["inputs"]:
+                node["inputs"]["seed"] = self.seed
+        return graph
+
+    def sd15(self, **loader: object) -> dict:
+        graph = load_graph(WORKFLOWS / "sd_streaming.api.json")
+        graph["1"]["inputs"].update(compute_device=self.device, **loader)
+        return self._seeded(graph)
+
+    def flux_lora(self, strength: float) -> dict:
+        graph = load_graph(WORKFLOWS / "flux_devices.api.json")
+        graph["1"] = {"class_type": "DisTorchUNETLoader", "inputs": {
+            "unet_name": "distorch-tiny-flux.safetensors", "weight_dtype": "default", "compute_device": self.device,
+            "virtual_vram_gb": "0.01", "donor_device": "cpu", "expert_allocation": ""}}
+        graph["11"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "lora_name": "distorch-tiny-flux-lora.safetensors", "strength_model": strength, "model": ["1", 0]}}
+        graph["7"]["inputs"].update(model=["11", 0], steps=1)
+        return self._seeded(graph)
+
+    def sd3(self) -> dict:
+        graph = load_graph(WORKFLOWS / "flux_devices.api.json")
+        graph["1"] = {"class_type": "DisTorchUNETLoader", "inputs": {
+            "unet_name": "distorch-tiny-sd3.safetensors", "weight_dtype": "default", "compute_device": self.device,
+            "virtual_vram_gb": "0.001", "donor_device": "cpu", "expert_allocation": ""}}
+        graph["2"]["inputs"]["type"] = "sd3"  # CLIP-L padded to the 4096-wide context SD3 takes
+        return self._seeded(graph)
+
+    def run_ok(self, graph: dict) -> None:
+        self.count += 1
+        entry = self.server.run_prompt(graph)
+        assert entry["status"]["status_str"] == "success", execution_error(entry)
+
+    def run_failing(self, graph: dict, *expected: str) -> None:
+        """A prompt that fails while running: its error names the loader node and what was wrong."""
+        self.count += 1
+        entry = self.server.run_prompt(graph)
+        error = execution_error(entry)
+        assert entry["status"]["status_str"] == "error" and error, entry["status"]
+        assert error["node_type"] == "DisTorchCheckpointLoader", error
+        assert all(text in error["exception_message"] for text in expected), error["exception_message"]
+
+    def refused(self, graph: dict, *expected: str) -> None:
+        """A prompt refused when queued (HTTP 400): the answer names what was wrong."""
+        self.count += 1
+        with pytest.raises(ServerError) as refusal:
+            self.server.queue_prompt(graph)
+        assert all(text in str(refusal.value) for text in expected), str(refusal.value)
+
+    def interrupted(self) -> None:
+        """A long prompt interrupted while it runs ends as interrupted, not as a crash."""
+        self.count += 1
+        graph = self.sd15()
+        graph["4"]["inputs"].update(width=256, height=256)
+        graph["5"]["inputs"]["steps"] = 200
+        prompt_id = self.server.queue_prompt(graph)
+        _wait_running(self.server, prompt_id)
+        urllib.request.urlopen(urllib.request.Request(self.server.url + "/interrupt", data=b"", method="POST"),
+                               timeout=30).close()
+        entry = self.server.wait_history(prompt_id)
+        kinds = [kind for kind, _ in entry["status"].get("messages", [])]
+        assert "execution_interrupted" in kinds, kinds
+
+    def cycle(self) -> None:
+        """One of each: ~10 prompts."""
+        self.run_ok(self.sd15())
+        self.run_ok(self.sd15(virtual_vram_gb="0.05"))  # a new budget: a new plan for the same file
+        self.run_ok(self.sd3())  # model switch
+        for strength in (1.0, 0.4):  # LoRA strength change on the streamed model
+            self.run_ok(self.flux_lora(strength))
+        self.interrupted()
+        self.refused(self.sd15(expert_allocation="cpu,8gx;cpu,*"), "unknown unit 'gx' at position 5")
+        self.refused(self.sd15(virtual_vram_gb="lots"), "'lots'")
+        self.refused(self.sd15(ckpt_name="no-such-model.safetensors"), "no-such-model.safetensors")
+        self.run_failing(self.sd15(donor_device="cuda:7"), "'cuda:7'")
+        # ComfyUI 0.33 adds the file's path; 0.3.75 passes on safetensors' own words, without the path
+        self.run_failing(self.sd15(ckpt_name=TRUNCATED), "incomplete")
+        self.server.free()
+
+
+def _wait_running(server: ComfyServer, prompt_id: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [item[1] for item in server.get("/queue")["queue_running"]]
+        progress = server.get(f"/history/{prompt_id}").get(prompt_id)
+        assert progress is None, f"{prompt_id} finished before it could be interrupted"
+        if prompt_id in running:
+            time.sleep(1.0)  # into sampling, past the loaders
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{prompt_id} never started")
+
+
+def _vram_bytes(server: ComfyServer) -> int:
+    """Bytes torch holds allocated on the server's CUDA devices (0 without any)."""
+    devices = server.get("/system_stats")["devices"]
+    return sum(d.get("torch_vram_total", 0) - d.get("torch_vram_free", 0) for d in devices if d.get("type") == "cuda")
+
+
+def at_rest(server: ComfyServer) -> dict[str, int]:
+    """Memory after POST /free once RSS stops moving (two readings 2 s apart within 0.1%)."""
+    server.free()
+    process = psutil.Process(server.process.pid)
+    previous = process.memory_info().rss
+    for _ in range(30):
+        time.sleep(2)
+        rss = process.memory_info().rss
+        if abs(rss - previous) <= previous * 0.001:
+            break
+        previous = rss
+    _, metrics = scrape(server)
+    return {"rss": rss, "pinned": int(metrics[("distorch_pinned_host_bytes", "")]), "vram": _vram_bytes(server)}
+
+
+def _within(now: int, base: int) -> bool:
+    return now <= base * (1 + TOLERANCE)
+
+
+def test_a_long_run_of_prompts_keeps_the_server_up_and_gives_memory_back(soak_server: ComfyServer) -> None:
+    devices = [d["device"] for d in soak_server.get("/distorch/devices")["devices"]]
+    soak = Soak(soak_server, "cuda:0" if "cuda:0" in devices else "cpu")
+    soak.cycle()  # warm-up: every kind of prompt once
+    base = at_rest(soak_server)
+    print(json.dumps({"soak": "baseline", **base}), flush=True)
+    started, warm_up = time.monotonic(), soak.count
+    while soak.count - warm_up < PROMPTS:
+        soak.cycle()
+        print(json.dumps({"soak": "cycle", "prompts": soak.count - warm_up, **at_rest(soak_server)}), flush=True)
+    end = at_rest(soak_server)
+    summary = {"soak": "end", "prompts": soak.count - warm_up, "seconds": round(time.monotonic() - started, 1),
+               **end, **{f"baseline_{k}": v for k, v in base.items()}}
+    print(json.dumps(summary), flush=True)
+    assert soak_server.process.poll() is None
+    for key in ("rss", "pinned", "vram"):
+        assert _within(end[key], base[key]), summary
