@@ -75,7 +75,7 @@ class ComfyServer:
                  extra_custom_nodes: list[Path] = (), python: str = sys.executable,
                  start_timeout: float = 180.0, gpu: bool = False, host: Host | None = None,
                  base_dir: Path | None = None, extra_models: Path | None = None, extra_args: list[str] = (),
-                 front_end_root: Path | None = None) -> None:
+                 front_end_root: Path | None = None, env: dict[str, str] | None = None) -> None:
         """``extra_models``: a folder laid out like ``models/`` (``diffusion_models/``, ``vae/``, ...) that ComfyUI
         searches too; ``front_end_root``: the front end to serve (default: none, the HTTP API needs none);
         ``gpu``: without ``--cpu``; ``host``/``base_dir``: another ComfyUI tree or base directory than the current
@@ -84,6 +84,7 @@ class ComfyServer:
         self.host = Host(host.root, host.site, Path(base_dir) if base_dir else host.base)
         self.gpu = gpu
         self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})  # more environment variables for the server process
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.work = Path(tempfile.mkdtemp(prefix="distorch-comfy-"))
@@ -128,7 +129,7 @@ class ComfyServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         prepare_base(self.host)
-        env = {**os.environ, **self.host.env(), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.host.env(), "PYTHONUNBUFFERED": "1", **self.extra_env}
         # Own session = own process group: stop() kills the server and anything it spawned, nothing else. The
         # server also dies with this process (a killed test run must not leave a server holding GBs of RAM).
         self.process = subprocess.Popen(self.command(), cwd=self.host.root, stdout=log, stderr=subprocess.STDOUT,

@@ -105,6 +105,8 @@ def ours_budget_inputs(node_info: dict[str, Any], wanted: str, fallback_gb: floa
             return {name: "auto"}, f"auto ({name}='auto')"
     vv = inputs.get("virtual_vram_gb")
     options = vv[1] if isinstance(vv, (list, tuple)) and len(vv) > 1 and isinstance(vv[1], dict) else {}
+    if str(options.get("default", "")).strip().lower() == "auto":  # a text input whose default is auto
+        return {"virtual_vram_gb": "auto"}, "auto (virtual_vram_gb='auto', the node's default)"
     match = AUTO_VALUE.search(str(options.get("tooltip", "")))
     if match:
         return {"virtual_vram_gb": float(match.group(1))}, f"auto (virtual_vram_gb={match.group(1)}, per its tooltip)"
