@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import specs as s
+from .gguf_catalog import GGUF_FULL, GGUF_TINY
 from .specs import META, Spec, StateDict
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
@@ -90,4 +91,4 @@ FULL: list[Spec] = [
          _sdxl_ckpt),
 ]
 
-SETS: dict[str, list[Spec]] = {"tiny": TINY, "full": FULL}
+SETS: dict[str, list[Spec]] = {"tiny": TINY + GGUF_TINY, "full": FULL + GGUF_FULL}
