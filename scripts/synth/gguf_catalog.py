@@ -58,6 +58,11 @@ GGUF_TINY: list[Spec] = [
           arch="sd3", qtype="Q8_0", plain="F16", hiprec=SD3_HIPREC, damage="unsupported_type"),
     _gguf("gguf_unknown_type", DIFFUSION + "distorch-bad-type-99.gguf", _sd3, s.SD3_TINY,
           arch="sd3", qtype="Q8_0", plain="F16", hiprec=SD3_HIPREC, damage="unknown_type"),
+    # Files of another kind in a folder: an LLM among the diffusion models, a diffusion model among the encoders.
+    _gguf("gguf_llm_in_diffusion_models", DIFFUSION + "distorch-bad-llama-arch.gguf", _sd3, s.SD3_TINY,
+          arch="llama", qtype="Q8_0", plain="F16", hiprec=SD3_HIPREC),
+    _gguf("gguf_sd3_in_text_encoders", TEXT + "distorch-bad-sd3-arch.gguf", _sd3, s.SD3_TINY,
+          arch="sd3", qtype="Q8_0", plain="F16", hiprec=SD3_HIPREC),
 ]
 
 # Flux.1-dev-shaped, for bench/bench_gguf.py on the GPU machine (scripts/synth_models.py --set full --only ...).
