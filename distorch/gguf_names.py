@@ -46,16 +46,15 @@ UNUSED = ""  # what a key function returns for a tensor ComfyUI's encoder has no
 
 
 def t5_key(name: str, gated: bool) -> str | None:
-    """ComfyUI's key for llama.cpp T5 tensor ``name``; ``UNUSED`` for decoder tensors (ComfyUI builds the
-    encoder only); None for a name this map does not know. ``gated``: the file's FFN blocks have ``ffn_gate``."""
+    """ComfyUI's key for llama.cpp T5 tensor ``name``; ``UNUSED`` for the decoder and LM head of a full T5
+    (ComfyUI builds the encoder only); None for a name this map does not know. ``gated``: the file's FFN blocks
+    have ``ffn_gate`` (T5 v1.1, T5-XXL) rather than one ReLU projection (the original T5, T5-base)."""
     if name in _T5_GLOBAL:
         return _T5_GLOBAL[name]
-    match = _BLOCK.match(name)
-    if match is None:
-        return None
-    if match["stack"] == "dec.":
+    if name.startswith("dec.") or name == "output.weight":  # a full T5's decoder and LM head
         return UNUSED
-    if match["stack"] != "enc.":
+    match = _BLOCK.match(name)
+    if match is None or match["stack"] != "enc.":
         return None
     part = match["part"]
     target = ("layer.1.DenseReluDense.wi_1" if gated else "layer.1.DenseReluDense.wi") if part == "ffn_up" \

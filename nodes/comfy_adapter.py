@@ -11,6 +11,9 @@ serves ComfyUI 0.3.x (classic ``ModelPatcher``) and newer trees (``comfy.memory_
   ``VAE``, ``CLIPVision``, ControlNet) so that ComfyUI's own ``load_models_gpu`` later puts its
   weights on the chosen device. The device is stored on the returned object itself (its patcher's
   ``load_device``), never in module state, so two loaders with two devices cannot interfere.
+* :func:`gguf_files` / :func:`model_path` / :func:`load_diffusion_state_dict` / :func:`load_text_encoders`:
+  ``.gguf`` files in the usual model folders, and ComfyUI's own state-dict loaders with custom operations
+  (the GGUF loaders).
 
 Limits, stated rather than hidden: the core loader picks dtypes (and, for a text encoder, an initial
 device) for ComfyUI's default device before we retarget; a ControlNet runs on the device of the
@@ -280,16 +283,21 @@ def model_files(kind: str) -> list[str]:
 
 
 def model_path(kind: str, name: str) -> str:
-    """The full path of a file listed by :func:`gguf_files` or :func:`model_files`."""
+    """The full path of a file listed by :func:`gguf_files` or :func:`model_files` (only listed names are
+    accepted, so ``../`` or an absolute path resolves to nothing)."""
     import folder_paths
 
-    is_gguf = os.path.splitext(name)[1].lower() in GGUF_EXTENSIONS
-    listed = gguf_files(kind) if is_gguf else model_files(kind)
-    key = _gguf_folder(kind) if is_gguf else kind
-    path = folder_paths.get_full_path(key or kind, name) if name in listed else None
-    if path is None and is_gguf and name in listed:  # no registered key: find it in the folders
-        path = next((p for p in (os.path.join(r, name) for r in folder_paths.get_folder_paths(kind))
-                     if os.path.isfile(p)), None)
+    if os.path.splitext(name)[1].lower() in GGUF_EXTENSIONS:
+        key = _gguf_folder(kind)
+        if name not in gguf_files(kind):
+            path = None
+        elif key is not None:
+            path = folder_paths.get_full_path(key, name)
+        else:
+            path = next((p for p in (os.path.join(r, name) for r in folder_paths.get_folder_paths(kind))
+                         if os.path.isfile(p)), None)
+    else:
+        path = folder_paths.get_full_path(kind, name) if name in model_files(kind) else None
     if path is None:
         raise FileNotFoundError(f"no model file {name!r} in ComfyUI's {kind} folders")
     return path

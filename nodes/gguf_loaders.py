@@ -90,12 +90,17 @@ def _through_comfy(ggufs: list[GGUFStateDict], load: Any) -> Any:
     return result
 
 
+def dequant_scratch_bytes(model: torch.nn.Module) -> int:
+    """VRAM of the dequantization scratch: the largest quantized weight in the model's compute dtype (patches
+    on quantized weights add float32 buffers of their weights while a LoRA is attached)."""
+    return largest_quantized_numel(model) * torch.finfo(comfy_adapter.compute_dtype(model)).bits // 8
+
+
 def stream_gguf(patcher: Any, scratch: ScratchPool, request: Any) -> StreamingModelPatcher:
     """make_streaming, with the dequantization scratch counted in the VRAM kept free beside the weights, and the
     scratch freed whenever ComfyUI unloads the model."""
     model = patcher.model
-    scratch_bytes = largest_quantized_numel(model) * torch.empty((), dtype=comfy_adapter.compute_dtype(model)).element_size()
-    reserve = (request.activation_reserve_bytes or activation_reserve(model)) + scratch_bytes
+    reserve = (request.activation_reserve_bytes or activation_reserve(model)) + dequant_scratch_bytes(model)
     streaming = make_streaming(patcher, dataclasses.replace(request, activation_reserve_bytes=reserve))
     comfy_adapter.on_detach(streaming, SCRATCH_CALLBACK, lambda *_: scratch.clear())
     return streaming

@@ -21,7 +21,6 @@ import torch
 from comfyui_distorch.distorch.budget import StreamRequest
 from comfyui_distorch.distorch.quant import ScratchPool
 from comfyui_distorch.nodes import comfy_adapter, distorch_loaders, gguf_loaders
-from comfyui_distorch.nodes.gguf_ops import largest_quantized_numel
 from comfyui_distorch.nodes.quantized_weights import logical_shape, quant_spec
 
 from flux import plans, report
@@ -69,8 +68,7 @@ def load_gguf(run: Run, qtype: str, virtual_vram_gb: float) -> Any:
 
 def reserve_bytes(model: Any) -> int:
     """What the GGUF node keeps free beside the weights: activations of a batched forward + dequant scratch."""
-    dtype_size = torch.empty((), dtype=comfy_adapter.compute_dtype(model)).element_size()
-    return distorch_loaders.activation_reserve(model) + largest_quantized_numel(model) * dtype_size
+    return distorch_loaders.activation_reserve(model) + gguf_loaders.dequant_scratch_bytes(model)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """GGUF diffusion models through DisTorch's GGUF loader, in a real ComfyUI (in process, ComfyUI's KSampler path).
 
 On CPU CI the compute device is the CPU (torch dequantizers, cpu at both ends of the copy pipeline); on the GPU
-machine (tests/gpu/run_on_device.sh tests) the same file runs on CUDA with Triton dequantization and a pinned arena.
+machine (tests/gpu/run_on_device.sh gguf_tests) the same file runs on CUDA with Triton dequantization and a pinned arena.
 """
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -81,10 +82,9 @@ def test_streamed_blocks_hold_their_raw_quantized_bytes_and_little_else(comfy_no
     dm = patcher.model.diffusion_model
     blocks = [dm.double_blocks[0], dm.single_blocks[0]]
     raw = sum(raw_bytes(b) for b in blocks)
-    as_bf16 = sum(2 * getattr(p, "quant_spec", p).numel for b in blocks for p in b.parameters()
-                  if hasattr(p, "quant_spec")) + sum(2 * p.numel() for b in blocks for p in b.parameters()
-                                                     if not hasattr(p, "quant_spec"))
-    assert raw < 0.3 * as_bf16  # Q4_K: 4.5 bits a weight
+    params = [p for b in blocks for p in b.parameters()]
+    elements = sum(p.quant_spec.numel if hasattr(p, "quant_spec") else p.numel() for p in params)
+    assert raw < 0.3 * 2 * elements  # Q4_K: 4.5 bits a weight, against bf16's 16
     assert raw <= patcher.distorch.plan.streamed_bytes <= 1.01 * raw  # the arena packs raw bytes, 256-aligned
 
 
@@ -118,14 +118,21 @@ def test_changing_the_lora_strength_restages_and_rewrites_nothing(comfy_nodes, d
     engine = patcher.distorch.engine
     calls: list[str] = []
     for method in ("load", "unload", "write_streamed"):
-        real = getattr(engine, method)
-        monkeypatch.setattr(engine, method, lambda *a, _m=method, _real=real, **k: (calls.append(_m), _real(*a, **k))[1])
+        monkeypatch.setattr(engine, method, _recorded(getattr(engine, method), calls))
     weaker = with_lora(comfy_nodes, patcher, 0.5)
     assert torch.equal(sample(comfy_nodes, weaker, "flux"), lora_resident[0.5])
     assert calls == []  # still loaded; no arena byte rewritten: only the attached patch lists changed
     qkv = patcher.model.diffusion_model.double_blocks[0].img_attn.qkv.weight
     key, patches = qkv.quant_patches
     assert key.endswith("double_blocks.0.img_attn.qkv.weight") and patches[0][2] == 1.0 and patches[0][0] == 0.5
+
+
+def _recorded(method, calls: list[str]):
+    def call(*args, **kwargs):
+        calls.append(method.__name__)
+        return method(*args, **kwargs)
+
+    return call
 
 
 def test_patches_come_off_quantized_weights_when_the_patch_set_changes_or_the_model_unloads(comfy_nodes,
@@ -194,3 +201,18 @@ def test_a_file_comfyui_cannot_place_is_refused_naming_it(comfy_nodes, device) -
     with pytest.raises(ValueError, match=r"tensor '.*' of .*distorch-bad-truncated.gguf: .* the file is truncated"):
         run_node(comfy_nodes, "DisTorchUNETLoaderGGUF", unet_name="distorch-bad-truncated.gguf",
                  compute_device=str(device), virtual_vram_gb=0.0, donor_device="cpu", expert_allocation="")
+
+
+@pytest.mark.parametrize("name", ["flux_tiny_q4_k", "sd3_tiny_q8_0", "wan_tiny_q4_k", "t5_base_q4_k"])
+def test_the_tiny_gguf_files_hold_the_names_and_shapes_this_hosts_classes_build(comfy_nodes, models, name) -> None:
+    """The GGUFs were written on whichever host came first; the models directory is shared by the hosts."""
+    from synth.gguf_catalog import GGUF_TINY
+    from synth.gguf_writer import llama_cpp_names, plan_tensors
+
+    read_gguf = sys.modules[loaders(comfy_nodes).__name__.rsplit(".nodes.", 1)[0] + ".distorch.gguf_file"].read_gguf
+    spec = next(s for s in GGUF_TINY if s.name == name)
+    sd, cfg = spec.build(spec), spec.config["gguf"]
+    names = llama_cpp_names(sorted(sd), cfg["names"]) if cfg.get("names") else {}
+    built = {p.name: p.logical for p in plan_tensors(sd, cfg, names)}
+    on_disk = {n: t.shape for n, t in read_gguf(models[name]).tensors.items()}
+    assert built == on_disk

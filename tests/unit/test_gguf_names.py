@@ -59,6 +59,7 @@ def test_llm_names_map_back_to_every_huggingface_key(arch: MODEL_ARCH, qk_norm: 
 
 def test_decoder_tensors_are_unused_and_unknown_names_are_none() -> None:
     assert t5_key("dec.blk.0.attn_q.weight", gated=True) == UNUSED
+    assert t5_key("dec.output_norm.weight", gated=True) == t5_key("output.weight", gated=False) == UNUSED
     assert t5_key("enc.blk.0.something_new.weight", gated=True) is None
     assert t5_key("blk.0.attn_q.weight", gated=True) is None  # an LLM name in a T5 file
     assert llm_key("enc.blk.0.attn_q.weight") is None and llm_key("rope_freqs.weight") is None
