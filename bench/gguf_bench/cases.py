@@ -114,6 +114,9 @@ def resident(run: Run, qtype: str) -> dict[str, Any]:
 def dequant_only(patcher: Any) -> dict[str, Any]:
     """Every quantized weight dequantized once (what one forward at cfg 1 dequantizes), on the compute stream,
     into a scratch pool, in the model's compute dtype: the best of 3 passes, timed with CUDA events."""
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([patcher])  # still loaded after sampling; this only makes sure
     model = patcher.model
     dtype = comfy_adapter.compute_dtype(model)
     weights = [p for p in model.parameters() if quant_spec(p) is not None]
@@ -201,13 +204,18 @@ def diff(reference: torch.Tensor | None, out: torch.Tensor) -> float | None:
 # --------------------------------------------------------------------------------------------------
 # ComfyUI-GGUF baseline (a fetched copy at --comfyui-gguf; never part of this repository)
 # --------------------------------------------------------------------------------------------------
+BASELINE_MODULE = "comfyui_gguf_baseline"
+
+
 def comfyui_gguf_loader(path: Path) -> Any:
-    """ComfyUI-GGUF's UnetLoaderGGUF class, imported from a checkout at ``path``."""
-    spec = importlib.util.spec_from_file_location("comfyui_gguf_baseline", path / "__init__.py",
-                                                  submodule_search_locations=[str(path)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_gguf_baseline"] = module
-    spec.loader.exec_module(module)
+    """ComfyUI-GGUF's UnetLoaderGGUF class, imported (once) from a checkout at ``path``."""
+    module = sys.modules.get(BASELINE_MODULE)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(BASELINE_MODULE, path / "__init__.py",
+                                                      submodule_search_locations=[str(path)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[BASELINE_MODULE] = module
+        spec.loader.exec_module(module)
     return module.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]
 
 

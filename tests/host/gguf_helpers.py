@@ -1,10 +1,12 @@
 """Shared by the GGUF host tests: the tiny GGUF models, their reference weights, conditioning, forced plans."""
 from __future__ import annotations
 
+import gc
 import sys
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
@@ -16,6 +18,18 @@ DIFFUSION = MODELS_DIR / "diffusion_models"
 TEXT = MODELS_DIR / "text_encoders"
 FLUX_BLOCKS = ["diffusion_model.double_blocks.0", "diffusion_model.single_blocks.0"]
 LORA = "distorch-tiny-flux-lora.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def unload_models_after_each_test(comfy_nodes):
+    """Every model unloaded and collected after a test: ComfyUI keeps loaded models until memory runs short,
+    and with 0.5-2 GB tiny Fluxes (their float32 references) a few tests would fill a small CI machine."""
+    yield
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    mm.cleanup_models()
+    gc.collect()
 
 
 def flux_file(qtype: str) -> str:

@@ -13,6 +13,7 @@ import torch
 
 from gguf_helpers import (DIFFUSION, FLUX_BLOCKS, conditioning, flux_file, gguf_unet, loaders, raw_bytes,
                           reference_weights, run_node, sample, streamed_gguf, with_lora)
+from gguf_helpers import unload_models_after_each_test  # noqa: F401  (an autouse fixture)
 
 MODELS = {"flux-Q8_0": ("flux", flux_file("Q8_0")), "flux-Q4_K": ("flux", flux_file("Q4_K")),
           "flux-Q5_K": ("flux", flux_file("Q5_K")), "sd3-Q8_0": ("sd3", "distorch-tiny-sd3-Q8_0.gguf"),

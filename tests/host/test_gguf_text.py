@@ -15,6 +15,7 @@ import torch
 from gguf import MODEL_ARCH, get_tensor_name_map
 
 from gguf_helpers import TEXT, reference_weights, run_node
+from gguf_helpers import unload_models_after_each_test  # noqa: F401  (an autouse fixture)
 
 T5_BASE = "distorch-t5-base-Q4_K.gguf"
 PROMPT = "a lighthouse at dusk"
