@@ -34,6 +34,7 @@ class AutoBudget:
     reserve_bytes: int  # VRAM kept free for activations at the next load (updated by each sampling run)
     reserve_reason: str = "a batched cond+uncond forward at 1024x1024 (until a sampling run says otherwise)"
     block_seconds: tuple[float, ...] | None = None  # measured compute per block (in `blocks` order), once known
+    extra_reserve_bytes: int = 0  # kept free beside the activations (a GGUF model's dequantization scratch)
 
     def note_block_seconds(self, measured: dict[str, float] | None) -> None:
         """Keep a measured forward's compute per block, for pacing the next plan (distorch.profile)."""
@@ -66,5 +67,5 @@ def note_sampling_run(auto: AutoBudget, model: Any, executor: Any, noise: Any) -
     if found is None:
         return
     shape, entries = found
-    auto.reserve_bytes = reserve_for(model, shape, entries)
+    auto.reserve_bytes = reserve_for(model, shape, entries) + auto.extra_reserve_bytes
     auto.reserve_reason = f"{entries} cond(s) of a {'x'.join(map(str, shape))} latent in one forward"

@@ -13,6 +13,9 @@ serves ComfyUI 0.3.x (classic ``ModelPatcher``) and newer trees (``comfy.memory_
   ``load_device``), never in module state, so two loaders with two devices cannot interfere.
 * :func:`diffusion_model_load_dtype` / :func:`text_encoder_load_dtype`: the dtype ComfyUI will store a
   model file's weights in, asked of ComfyUI from the file's header alone (for the plan preview).
+* :func:`gguf_files` / :func:`model_path` / :func:`load_diffusion_state_dict` / :func:`load_text_encoders`:
+  ``.gguf`` files in the usual model folders, and ComfyUI's own state-dict loaders with custom operations
+  (the GGUF loaders).
 
 Limits, stated rather than hidden: the core loader picks dtypes (and, for a text encoder, an initial
 device) for ComfyUI's default device before we retarget; a ControlNet runs on the device of the
@@ -23,6 +26,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -376,3 +380,120 @@ def text_encoder_load_dtype(entries: dict[str, dict[str, Any]]) -> torch.dtype:
     pick = getattr(model_management, "pick_weight_dtype", None)
     stored = utils.weight_dtype(meta_state_dict(entries))
     return pick(stored, fallback, device) if pick is not None else fallback
+# --- GGUF files and ComfyUI's state-dict loaders (nodes/gguf_loaders.py) ------------------------------------
+GGUF_EXTENSIONS = frozenset({".gguf"})
+
+
+def _gguf_folder(kind: str) -> str | None:
+    """The folder_paths key under which ``kind``'s folders (e.g. ``diffusion_models``: models/unet and
+    models/diffusion_models, plus extra_model_paths) are listed with the ``.gguf`` extension only; registered on
+    first use, sharing ``kind``'s live list of folders, so ComfyUI's cached listing works and no other node's
+    list changes. None when this ComfyUI keeps its folders in another form (then :func:`gguf_files` walks them)."""
+    import folder_paths
+
+    registry = getattr(folder_paths, "folder_names_and_paths", None)
+    entry = registry.get(kind) if isinstance(registry, dict) else None
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], list)):
+        return None
+    key = f"distorch_gguf_{kind}"
+    current = registry.get(key)
+    if current is None or current[0] is not entry[0]:
+        registry[key] = (entry[0], set(GGUF_EXTENSIONS))
+    return key
+
+
+def gguf_files(kind: str) -> list[str]:
+    """Names (relative to their folder) of the ``.gguf`` files in ComfyUI's folders for ``kind``."""
+    import folder_paths
+
+    key = _gguf_folder(kind)
+    if key is not None:
+        return folder_paths.get_filename_list(key)
+    names = set()
+    for root in folder_paths.get_folder_paths(kind):
+        for folder, _, files in os.walk(root, followlinks=True):
+            names.update(os.path.relpath(os.path.join(folder, f), root) for f in files
+                         if os.path.splitext(f)[1].lower() in GGUF_EXTENSIONS)
+    return sorted(names)
+
+
+def model_files(kind: str) -> list[str]:
+    """The files ComfyUI's own loaders list for ``kind`` (safetensors...), without ``.gguf`` ones."""
+    import folder_paths
+
+    return folder_paths.get_filename_list(kind)
+
+
+def model_path(kind: str, name: str) -> str:
+    """The full path of a file listed by :func:`gguf_files` or :func:`model_files` (only listed names are
+    accepted, so ``../`` or an absolute path resolves to nothing)."""
+    import folder_paths
+
+    if os.path.splitext(name)[1].lower() in GGUF_EXTENSIONS:
+        key = _gguf_folder(kind)
+        if name not in gguf_files(kind):
+            path = None
+        elif key is not None:
+            path = folder_paths.get_full_path(key, name)
+        else:
+            path = next((p for p in (os.path.join(r, name) for r in folder_paths.get_folder_paths(kind))
+                         if os.path.isfile(p)), None)
+    else:
+        path = folder_paths.get_full_path(kind, name) if name in model_files(kind) else None
+    if path is None:
+        raise FileNotFoundError(f"no model file {name!r} in ComfyUI's {kind} folders")
+    return path
+
+
+def load_torch_file(path: str) -> dict:
+    """A safetensors/ckpt file's state dict, read as ComfyUI's loaders read it."""
+    import comfy.utils
+
+    return comfy.utils.load_torch_file(path, safe_load=True)
+
+
+def _classic_patcher_option(function: Any) -> dict[str, bool]:
+    """``disable_dynamic=True`` where the loader has it (newer ComfyUI): the streaming patcher replaces the
+    ModelPatcher anyway, and with the classic one the model loads its weights the classic way."""
+    return {"disable_dynamic": True} if "disable_dynamic" in inspect.signature(function).parameters else {}
+
+
+def load_diffusion_state_dict(state_dict: dict, operations: type) -> Any:
+    """ComfyUI's diffusion-model loader on a state dict built with ``operations``; None if ComfyUI does not
+    recognise the model."""
+    import comfy.sd
+
+    loader = comfy.sd.load_diffusion_model_state_dict
+    return loader(state_dict, model_options={"custom_operations": operations}, **_classic_patcher_option(loader))
+
+
+def load_text_encoders(state_dicts: list[dict], clip_type: str, operations: type) -> Any:
+    """ComfyUI's text-encoder loader (what CLIPLoader/DualCLIPLoader call) on state dicts, built with
+    ``operations`` on the text encoders' offload device; ``clip_type`` is the core loaders' ``type`` value."""
+    import comfy.model_management
+    import comfy.sd
+    import folder_paths
+
+    kind = getattr(comfy.sd.CLIPType, clip_type.upper(), comfy.sd.CLIPType.STABLE_DIFFUSION)
+    loader = comfy.sd.load_text_encoder_state_dicts
+    options = {"custom_operations": operations,
+               "initial_device": comfy.model_management.text_encoder_offload_device()}
+    return loader(state_dicts=state_dicts, embedding_directory=folder_paths.get_folder_paths("embeddings"),
+                  clip_type=kind, model_options=options, **_classic_patcher_option(loader))
+
+
+def on_detach(patcher: Any, key: str, callback: Any) -> None:
+    """Run ``callback(patcher, unpatch_all)`` whenever ComfyUI detaches (unloads) the model."""
+    import comfy.patcher_extension
+
+    patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_DETACH, key, callback)
+
+
+def compute_dtype(model: Any) -> torch.dtype:
+    """The dtype a diffusion model computes in (ComfyUI's manual-cast dtype, else its weight dtype); float32 for
+    models without ``get_dtype`` (text encoders, whose activations ComfyUI keeps in float32)."""
+    manual = getattr(model, "manual_cast_dtype", None)
+    if manual is not None:
+        return manual
+    get_dtype = getattr(model, "get_dtype", None)
+    return get_dtype() if callable(get_dtype) else torch.float32

@@ -102,11 +102,13 @@ def link_topology(request: StreamRequest, model_bytes: int) -> Topology | None:
     return probe_topology(compute, [device for device, _ in shares])
 
 
-def auto_budget_for(root: torch.nn.Module, request: StreamRequest) -> AutoBudget:
-    """What the automatic budget re-plans with at each load: the model's layout, its links, a first reserve."""
+def auto_budget_for(root: torch.nn.Module, request: StreamRequest, extra_reserve_bytes: int = 0) -> AutoBudget:
+    """What the automatic budget re-plans with at each load: the model's layout, its links, a first reserve
+    (``extra_reserve_bytes``: VRAM the model needs beside its activations, e.g. a GGUF dequantization scratch)."""
     layout = layout_model(root)
     return AutoBudget(request, tuple(layout.block_sizes), layout.other_bytes, layout.total_bytes,
-                      link_topology(request, layout.total_bytes), default_reserve(root))
+                      link_topology(request, layout.total_bytes), default_reserve(root) + extra_reserve_bytes,
+                      extra_reserve_bytes=extra_reserve_bytes)
 
 
 def model_label(inputs: dict[str, Any]) -> str | None:
@@ -116,7 +118,7 @@ def model_label(inputs: dict[str, Any]) -> str | None:
 
 
 def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions | None = None,
-                   name: str | None = None) -> StreamingModelPatcher:
+                   name: str | None = None, extra_reserve_bytes: int = 0) -> StreamingModelPatcher:
     """Wrap a freshly loaded ModelPatcher so its model streams by the requested plan (engine options: the
     defaults with the request's ring, unless given; ``name``: what metrics call the model). With the automatic
     budget the plan printed now is for the VRAM free now; the model re-plans when it is loaded for sampling
@@ -127,13 +129,13 @@ def make_streaming(patcher: Any, request: StreamRequest, options: EngineOptions 
                  type(patcher.model).__name__)
     auto = None
     if request.auto:
-        auto = auto_budget_for(patcher.model, request)
+        auto = auto_budget_for(patcher.model, request, extra_reserve_bytes)
         free = comfy_adapter.free_vram(torch.device(request.compute_device))
         plan = plan_auto(request, auto.blocks, auto.other_bytes, free, auto.reserve_bytes, topology=auto.topology)
         heading = f"automatic budget, planned for {free / 1e9:.2f} GB free now; re-planned at each sampling run"
     else:
-        if not request.activation_reserve_bytes:
-            request = dataclasses.replace(request, activation_reserve_bytes=default_reserve(patcher.model))
+        reserve = request.activation_reserve_bytes or default_reserve(patcher.model)
+        request = dataclasses.replace(request, activation_reserve_bytes=reserve + extra_reserve_bytes)
         plan = plan_for_module(patcher.model, request)
         heading = f"virtual_vram_gb {request.virtual_vram_gb}" if not request.expert_allocation.strip() else \
             f"allocation {request.expert_allocation.strip()}"

@@ -11,6 +11,8 @@ how the model's weights reach the compute device and nothing else:
   `patch_weight_to_device`, computed on the compute device exactly as a resident load would, so results are
   bit-identical; streamed weights are written back into the arena once per patch change.
 - A patch change on a loaded model (new LoRA strength) re-patches only the keys whose patch list changed.
+- Quantized (GGUF) weights are never patched in place: their patch lists are attached to them and applied after
+  dequantization in every forward (nodes/quantized_weights.py), so a patch change rewrites no bytes at all.
 - `partially_unload` cannot give back part of the model (the plan is fixed at load); it frees nothing, and
   ComfyUI then unloads the model completely, which the engine does cleanly.
 - With the automatic budget, `model_size()` is the whole model (so ComfyUI makes room as for any model), and
@@ -38,6 +40,7 @@ from ..distorch.planner import PlacementPlan
 from ..distorch.registry import REGISTRY
 from . import comfy_adapter
 from .auto_budget import AutoBudget, note_sampling_run
+from .quantized_weights import attach_patches, detach_all_patches, detach_patches
 
 log = logging.getLogger("distorch")
 
@@ -220,6 +223,8 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
                     state.applied[key] = wanted[key]
 
     def _patch_key(self, key: str, device_to: torch.device, streamed: frozenset[str]) -> None:
+        if attach_patches(self.model, key, self.patches[key], device_to):
+            return  # a quantized (GGUF) weight: its layer applies the patches after dequantizing, every forward
         if key not in streamed:
             self.patch_weight_to_device(key, device_to=device_to)
             return
@@ -237,6 +242,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
             comfy.utils.set_attr(self.model, key, param)
 
     def _restore_backup(self, key: str, streamed: frozenset[str]) -> None:
+        detach_patches(self.model, key)
         bk = self.backup.pop(key, None)
         if bk is None:
             return
@@ -256,6 +262,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         with state.engine.updating():
             for key in list(self.backup.keys()):
                 self._restore_backup(key, streamed)
+        detach_all_patches(self.model)
         state.applied.clear()
 
 

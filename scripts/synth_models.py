@@ -68,6 +68,10 @@ def _generate(spec: Spec, path: Path, device: str) -> tuple[int, int]:
 
     sd = spec.build(spec)
     metadata = {"distorch_synth": spec.name, "distorch_synth_hash": spec_hash(spec), "format": "pt"}
+    if spec.relpath.endswith(".gguf"):
+        from synth.gguf_writer import write_gguf
+
+        return param_count(sd), write_gguf(path, sd, spec.config["gguf"], SEED, device, metadata)
     size = write_safetensors(path, sd, spec.dtype, SEED, device, metadata)
     return param_count(sd), size
 

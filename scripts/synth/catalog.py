@@ -5,6 +5,7 @@ import torch
 
 from . import specs as s
 from .examples import EXAMPLES
+from .gguf_catalog import GGUF_FULL, GGUF_TINY
 from .specs import META, Spec, StateDict
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
@@ -98,4 +99,4 @@ FULL: list[Spec] = [
 ]
 
 # the stand-ins of the files the example workflows name (scripts/synth/examples.py)
-SETS: dict[str, list[Spec]] = {"tiny": TINY, "full": FULL, "examples": EXAMPLES}
+SETS: dict[str, list[Spec]] = {"tiny": TINY + GGUF_TINY, "full": FULL + GGUF_FULL, "examples": EXAMPLES}

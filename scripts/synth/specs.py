@@ -175,3 +175,29 @@ SD3_TINY = dict(input_size=None, patch_size=2, in_channels=16, out_channels=16, 
                 adm_in_channels=2048, pos_embed_max_size=16, pos_embed_scaling_factor=None,
                 context_embedder_config={"target": "torch.nn.Linear",
                                          "params": {"in_features": 4096, "out_features": 128}})
+
+
+# --- Wan 2.1 and T5 (for the GGUF set) ----------------------------------------------------------------------
+# Detection (comfy.model_detection) reads dim from head.modulation, heads = dim // 128, ffn_dim, the depth and the
+# patch embedding's input channels; text_dim stays 4096 (UMT5-XXL) as in every Wan 2.1 file. dim 256 makes every
+# projection a whole number of 256-element K-quant blocks.
+WAN_TINY = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=256, ffn_dim=512, freq_dim=256,
+                text_dim=4096, out_dim=16, num_heads=2, num_layers=2, window_size=(-1, -1), qk_norm=True,
+                cross_attn_norm=True, eps=1e-6)
+
+
+def wan_sd(cfg: dict[str, Any], dtype: torch.dtype) -> StateDict:
+    from comfy.ldm.wan.model import WanModel
+
+    return WanModel(**copy.deepcopy(cfg), dtype=dtype, device=META, operations=_ops()).state_dict()
+
+
+def t5_sd(config_name: str, dtype: torch.dtype) -> StateDict:
+    """A T5 encoder exactly as ComfyUI builds it from comfy/text_encoders/<config_name>.json (Hugging Face keys)."""
+    import json
+    from pathlib import Path
+
+    import comfy.text_encoders.t5
+
+    config = json.loads((Path(comfy.text_encoders.t5.__file__).parent / f"{config_name}.json").read_text())
+    return comfy.text_encoders.t5.T5(config, dtype, META, _ops()).state_dict()

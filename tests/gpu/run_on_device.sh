@@ -24,6 +24,13 @@
 #
 # ComfyUI trees: .host/comfyui-0.3.75 and .host/comfyui-0.33.0, unpacked from .gpu/hosts.tar.xz when absent.
 # PyAV: when `import av` fails, tests/gpu/stubs (a stand-in whose imports all succeed) goes on PYTHONPATH.
+#   gguf_tests the GGUF suites on CUDA: tests/gpu/test_gguf_cuda.py (tiny GGUF Flux streamed vs resident, pinned
+#              RAM) and the in-process tests/host/test_gguf*.py (timeout GGUF_TESTS_TIMEOUT, default 540 s)
+#   gguf_models  synthesize the Flux.1-dev-shaped Q8_0 and Q4_K GGUFs into $MODELS_DIR (12.7 + 6.7 GB, on cuda)
+#   gguf_bench gguf_models (and the bf16 model), then bench/bench_gguf.py (GGUF_BENCH_ARGS adds arguments, e.g.
+#              "--comfyui-gguf /tmp/ComfyUI-GGUF" for the ComfyUI-GGUF baseline cases; GGUF_BENCH_TIMEOUT, default
+#              540 s). Run `gguf_models` in a call of its own first: writing the two models takes minutes.
+#   gguf_smoke bench/bench_gguf.py --tiny on the GPU: the GGUF harness end to end on the tiny GGUF Flux
 #
 # Wheels: if .whl/ holds any (py3.12 manylinux wheels of packages the machine lacks), they are installed
 # with --no-deps into /tmp/site first and put on PYTHONPATH. Results: JSON lines and logs under $OUT
@@ -211,6 +218,46 @@ part_quant() {
   log "quant rc=${PIPESTATUS[0]}"
 }
 
+part_gguf_tests() {
+  local t0=$SECONDS
+  log "gguf_tests: GGUF on CUDA (timeout ${GGUF_TESTS_TIMEOUT:-540}s)"
+  timeout "${GGUF_TESTS_TIMEOUT:-540}" "$PY" -m pytest tests/gpu/test_gguf_cuda.py tests/host/test_gguf.py \
+    tests/host/test_gguf_text.py tests/host/test_gguf_ops.py -q -p no:cacheprovider \
+    -W ignore::pytest.PytestConfigWarning 2>&1 | tee "$OUT/tests_gguf.log"
+  log "gguf_tests rc=${PIPESTATUS[0]} in $((SECONDS - t0)) s"
+}
+
+part_gguf_models() {
+  local t0=$SECONDS
+  "$PY" scripts/synth_models.py --models-dir "$MODELS_DIR" --set full --only flux1_dev_q8_0_full \
+    --only flux1_dev_q4_k_full --device cuda --comfy-root "$COMFY_ROOT" 2>&1 | tee -a "$OUT/setup.log"
+  local rc=${PIPESTATUS[0]}
+  log "gguf_models rc=$rc in $((SECONDS - t0)) s"
+  return $rc
+}
+
+part_gguf_bench() {
+  part_gguf_models || { log "no GGUF models, no benchmark"; return 1; }
+  part_models || log "no bf16 model: bench_gguf runs without the bf16 reference step"
+  local t0=$SECONDS
+  log "gguf_bench (timeout ${GGUF_BENCH_TIMEOUT:-540}s) args: ${GGUF_BENCH_ARGS:-}"
+  # shellcheck disable=SC2086
+  timeout "${GGUF_BENCH_TIMEOUT:-540}" "$PY" bench/bench_gguf.py --comfy-root "$COMFY_ROOT" --models-dir "$MODELS_DIR" \
+    --out "$OUT/bench_gguf.jsonl" ${GGUF_BENCH_ARGS:-} 2>"$OUT/bench_gguf.log"
+  log "gguf_bench rc=$? in $((SECONDS - t0)) s"
+  tail -40 "$OUT/bench_gguf.log" | grep -E "ERROR|Error|error|Traceback" | head -20
+}
+
+part_gguf_smoke() {
+  local t0=$SECONDS
+  log "gguf_smoke: tiny GGUF Flux on the GPU"
+  "$PY" scripts/synth_models.py --models-dir "$ROOT/.host/models" --set tiny --only flux_tiny_q4_k --only flux_tiny \
+    --device cuda --comfy-root "$COMFY_ROOT" 2>&1 | tee -a "$OUT/setup.log"
+  timeout 300 "$PY" bench/bench_gguf.py --tiny --comfy-root "$COMFY_ROOT" --out "$OUT/smoke_gguf.jsonl" \
+    2>"$OUT/smoke_gguf.log"
+  log "gguf_smoke rc=$? in $((SECONDS - t0)) s"
+}
+
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(tests bench)
 install_wheels || exit 1
@@ -226,8 +273,13 @@ for part in "${parts[@]}"; do
     quant) part_quant ;;
     compare) part_compare ;;
     coexist) part_coexist ;;
+    gguf_tests) part_gguf_tests ;;
+    gguf_models) part_gguf_models ;;
+    gguf_bench) part_gguf_bench ;;
+    gguf_smoke) part_gguf_smoke ;;
     both) part_tests; part_bench ;;
-    *) echo "unknown part: $part (inventory models tests bench smoke memkinds quant compare coexist both)" >&2; exit 2 ;;
+    *) echo "unknown part: $part (inventory models tests bench smoke memkinds quant compare coexist gguf_tests" \
+            "gguf_models gguf_bench gguf_smoke both)" >&2; exit 2 ;;
   esac
 done
 log "done: $(ls "$OUT" | tr '\n' ' ')"
