@@ -3,8 +3,8 @@
 Each block is packed into its OWN page-aligned buffer (its parameters and floating buffers back to back,
 256-byte aligned; see distorch.layout), so it moves to the compute device in one copy, and the set of
 streamed blocks can change between loads (a re-plan when free VRAM changed) by packing or dropping single
-blocks instead of rebuilding one big buffer. On the host a block is page-locked in place with
-``cudaHostRegister``, exact size: ``torch.empty(pin_memory=True)`` goes through the caching host allocator,
+blocks instead of rebuilding one big buffer. On the host a block is page-locked in place (distorch.pinning:
+the driver's ``cuMemHostRegister``), exact size: ``torch.empty(pin_memory=True)`` goes through the caching host allocator,
 which rounds every request up to a power of two and would waste up to half of the pinned RAM. Only
 streamed blocks are ever pinned, so pinned RAM is the streamed bytes (plus at most a page per block).
 """
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
+from . import pinning
 from .layout import BlockLayout, TensorSlot
 
 log = logging.getLogger(__name__)
 
 PAGE = 4096
-_CUDA_HOST_REGISTER_PORTABLE = 1  # pinned for every CUDA context, so any GPU can copy from it
 _PAGEABLE_COST = (
     "pageable host->GPU copies run at ~6-10 GB/s instead of ~50 GB/s pinned on PCIe 5 x16, "
     "so streamed blocks will take ~5-8x longer to arrive"
@@ -146,19 +146,16 @@ class HostArena:
             self._unpin_block(self._blocks[name])
 
     def _register(self, block: PackedBlock) -> str | None:
-        cudart = torch.cuda.cudart()
-        error = int(cudart.cudaHostRegister(block.bytes.data_ptr(), block.registered_bytes, _CUDA_HOST_REGISTER_PORTABLE))
-        if error != 0:
-            return f"cudaHostRegister failed with error {error} ({cudart.cudaGetErrorString(cudart.cudaError(error))})"
-        block.pinned = True
-        return None
+        error = pinning.register(block.bytes.data_ptr(), block.registered_bytes)
+        block.pinned = error is None
+        return error
 
     def _unpin_block(self, block: PackedBlock) -> None:
         if not block.pinned:
             return
-        error = int(torch.cuda.cudart().cudaHostUnregister(block.bytes.data_ptr()))
+        error = pinning.unregister(block.bytes.data_ptr())
         if error != 0:
-            log.warning("cudaHostUnregister of block %s failed with error %d", block.layout.name, error)
+            log.warning("cuMemHostUnregister of block %s failed with error %d", block.layout.name, error)
         block.pinned = False
 
     def _stay_pageable(self, nbytes: int, reason: str) -> bool:

@@ -15,11 +15,12 @@ import logging
 
 import torch
 
+from . import pinning
+
 log = logging.getLogger(__name__)
 
 PEER = "peer"
 BOUNCE = "bounce"
-_CUDA_HOST_REGISTER_PORTABLE = 1
 
 
 def choose_route(peer_available: bool, force: str | None = None) -> str:
@@ -53,12 +54,11 @@ class PinnedBounce:
     def __init__(self, slots: int, slot_bytes: int) -> None:
         self.slot_bytes = slot_bytes
         self.buffer = torch.empty(max(slots * slot_bytes, 1), dtype=torch.uint8)
-        error = int(torch.cuda.cudart().cudaHostRegister(self.buffer.data_ptr(), self.buffer.numel(),
-                                                         _CUDA_HOST_REGISTER_PORTABLE))
-        self._registered = error == 0
+        error = pinning.register(self.buffer.data_ptr(), self.buffer.numel())
+        self._registered = error is None
         if not self._registered:
             # pinned either way: the caching allocator's copy only wastes RAM by rounding up
-            log.warning("cudaHostRegister of the %d-byte donor bounce ring failed (%d); using pin_memory", self.buffer.numel(), error)
+            log.warning("the %d-byte donor bounce ring stays unregistered (%s); using pin_memory", self.buffer.numel(), error)
             self.buffer = torch.empty(self.buffer.numel(), dtype=torch.uint8, pin_memory=True)
         self.full = [torch.cuda.Event() for _ in range(slots)]  # donor -> host hop done
         self.free = [torch.cuda.Event() for _ in range(slots)]  # host -> compute hop done: slot reusable
@@ -71,7 +71,7 @@ class PinnedBounce:
         """Unpin (the caller has drained every copy that reads or writes the buffer)."""
         if self._registered:
             self._registered = False
-            torch.cuda.cudart().cudaHostUnregister(self.buffer.data_ptr())
+            pinning.unregister(self.buffer.data_ptr())
 
     def __del__(self) -> None:
         try:

@@ -54,7 +54,7 @@ class LoadStats:
 
     pack_s: float = 0.0  # copying newly streamed blocks into their arenas
     packed_bytes: int = 0
-    pin_s: float = 0.0  # cudaHostRegister of streamed blocks
+    pin_s: float = 0.0  # page-locking streamed blocks (distorch.pinning)
     pinned_bytes: int = 0
     resident_s: float = 0.0  # resident tensors to the compute device
     resident_bytes: int = 0

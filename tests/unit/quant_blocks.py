@@ -27,7 +27,7 @@ _SAME_SIZE_INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.
 
 def assert_same_floats(actual: torch.Tensor, expected: torch.Tensor | np.ndarray) -> None:
     """``actual`` equals ``expected`` bit for bit, except that any NaN equals any NaN (same positions)."""
-    expected = torch.as_tensor(expected)
+    expected = torch.as_tensor(expected).detach().cpu()
     actual = actual.detach().cpu()
     assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
