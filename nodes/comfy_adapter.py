@@ -16,6 +16,11 @@ serves ComfyUI 0.3.x (classic ``ModelPatcher``) and newer trees (``comfy.memory_
 * :func:`gguf_files` / :func:`model_path` / :func:`load_diffusion_state_dict` / :func:`load_text_encoders`:
   ``.gguf`` files in the usual model folders, and ComfyUI's own state-dict loaders with custom operations
   (the GGUF loaders).
+* :func:`free_vram` / :func:`reserved_vram` / :func:`forward_shape` / :func:`activation_bytes` /
+  :func:`memory_path`: what the automatic budget and the plan table ask of ComfyUI.
+
+It is longer than the project's other modules on purpose: keeping every question asked of ComfyUI in one file
+(with its names listed in ``comfy_surface.py``) is what lets a ComfyUI change fail in one place.
 
 Limits, stated rather than hidden: the core loader picks dtypes (and, for a text encoder, an initial
 device) for ComfyUI's default device before we retarget; a ControlNet runs on the device of the
