@@ -288,7 +288,17 @@ def paced_choice(sizes: Sequence[int], seconds: Sequence[float], head: int, targ
         if (streamed + size) / max(target_bytes, 1) <= elapsed / total + slack:
             chosen.append(index)
             streamed += size
-    return chosen
+    # Near the whole model the pace cannot be kept (the early blocks alone carry more than their share of the
+    # bytes): the target is still met, with the latest blocks left, where the most compute has run before
+    # them. The link is then the bottleneck wherever the blocks stream from; streaming MORE than the target
+    # to keep a pace would only make every step slower.
+    for index in range(len(sizes) - 1, head - 1, -1):
+        if streamed >= target_bytes:
+            break
+        if index not in chosen:
+            chosen.append(index)
+            streamed += sizes[index]
+    return sorted(chosen)
 
 
 def _paced_choices(sizes: Sequence[int], seconds: Sequence[float], head: int) -> Iterator[list[int]]:

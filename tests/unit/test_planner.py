@@ -172,6 +172,24 @@ def test_paced_choice_streams_fewer_big_cheap_blocks_than_an_even_spread():
     assert paced.device_footprint_bytes <= 16_000 and abs(paced.streamed_bytes - even.streamed_bytes) <= 700
 
 
+def test_a_paced_plan_never_streams_more_than_an_even_spread_needs():
+    # A small budget makes nearly every block stream; the pace can then not be kept, but the plan must still
+    # keep as much resident as the budget holds (it once jumped to streaming everything).
+    blocks = [(f"b{i}", n) for i, n in enumerate(FLUX_SIZES)]
+    for budget in range(2_500, 23_000, 500):
+        even = plan_placement(blocks, 100, "cuda:0", budget, CPU, ring_slots=2)
+        paced = plan_placement(blocks, 100, "cuda:0", budget, CPU, ring_slots=2, block_seconds=FLUX_SECONDS)
+        assert paced.paced and paced.device_footprint_bytes <= max(budget, even.device_footprint_bytes)
+        assert paced.streamed_bytes <= even.streamed_bytes + 680, budget
+
+
+def test_paced_choice_meets_its_target_even_where_the_pace_cannot_be_kept():
+    target = sum(FLUX_SIZES) - 3 * 680
+    chosen = paced_choice(FLUX_SIZES, FLUX_SECONDS, head=1, target_bytes=target)
+    assert target <= sum(FLUX_SIZES[i] for i in chosen) <= target + 680
+    assert 0 not in chosen and chosen == sorted(set(chosen))
+
+
 def test_with_equal_blocks_and_equal_costs_pacing_spreads_evenly():
     chosen = paced_choice([100] * 20, [1.0] * 20, head=0, target_bytes=500)
     gaps = [b - a for a, b in zip(chosen, chosen[1:])]
