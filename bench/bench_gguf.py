@@ -15,8 +15,9 @@ Cases (one JSON line each; bench/README.md explains every field):
   <Q>_stream_<F>gib_free     the rest of the card taken by ONE allocation before loading, so F GiB are free; the
                              node's virtual_vram_gb chosen so the plan + activation reserve + scratch fit in F;
                              measured_over_bound = s/it / max(C_q, streamed bytes / W); peak VRAM without the hog
+  (with --cfgs, one round per cfg; names of cfg != 1 end in _cfg<x>)
   <Q>_comfyui_gguf_*         with --comfyui-gguf PATH (a fetched ComfyUI-GGUF checkout, never committed): its
-                             UnetLoaderGGUF on the same file, resident and with the same free VRAM
+                             UnetLoaderGGUF on the same file with the same free VRAM (and resident: --baseline-resident)
 
 A benchmark, never a test: it asserts nothing about speed. `--tiny` runs the same code with the tiny GGUF Fluxes
 (`--cpu`: on the CPU, resident cases only) to check the harness end to end.
@@ -51,12 +52,21 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=512)
-    ap.add_argument("--cfg", type=float, default=1.0)
+    ap.add_argument("--cfgs", type=lambda s: [float(x) for x in s.split(",")], default=[1.0],
+                    help="one round of cases per cfg (names of cfg != 1 end in _cfg<x>)")
+    ap.add_argument("--budget", choices=["fit", "auto"], default="fit",
+                    help="streamed cases: fit = the virtual_vram_gb that fits the free VRAM (as before); auto = the "
+                         "node's default automatic budget")
+    ap.add_argument("--prompts", type=int, default=1,
+                    help="sampling runs per streamed and baseline case, the model left loaded; the line reports "
+                         "the last one (a user's next prompt: the auto budget re-plans by measured compute)")
     ap.add_argument("--sampler", default="euler")
     ap.add_argument("--scheduler", default="simple")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--ring-slots", type=int, default=2)
     ap.add_argument("--comfyui-gguf", type=Path, default=None, help="a ComfyUI-GGUF checkout: baseline cases")
+    ap.add_argument("--baseline-resident", action="store_true",
+                    help="also ComfyUI-GGUF with nothing occupied (by default only at the --free-gib targets)")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON lines here too")
     ap.add_argument("--tiny", action="store_true", help="harness check: the tiny GGUF Fluxes, 256 px, 1+2 steps")
     ap.add_argument("--cpu", dest="tiny_cpu", action="store_true", help="run on the CPU (ComfyUI --cpu)")
@@ -81,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.bf16_model = opts.models_dir / "diffusion_models" / (
             "distorch-tiny-flux.safetensors" if opts.tiny else "distorch-flux1-dev-full.safetensors")
     opts.model = opts.models_dir / "diffusion_models" / opts.gguf_name  # what the `env` line names
+    opts.cfg = opts.cfgs[0]  # the round being run (cases.run_all sets it per round)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     comfy = harness.setup_comfy(opts.comfy_root, cpu=opts.tiny_cpu)
     harness.import_project_package()

@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=1,
+                    help="sampling runs per cfg, the model left loaded between them: 2 adds the steady state of a "
+                         "user's next prompt (ours re-plans by the compute it measured in the first)")
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--ring-slots", type=int, default=None, help="ours: StreamRequest.ring_slots (default: its own)")

@@ -2,9 +2,11 @@
 
 Order matters: (1) occupy the card so exactly the target is free (one allocation), (2) import the host's
 ComfyUI (Dynamic VRAM on where asked and present), (3) load the model file (core loader; `make_streaming` on
-it for ours), (4) per cfg: sample warmup + timed steps, append one JSON line to the result file. Between two
-cfgs every model is unloaded, so each run's first step includes the load to the device. The resident case
-saves its latents; the later cases of the same host and cfg compare against them.
+it for ours), (4) per cfg: ``prompts`` sampling runs of warmup + timed steps, one JSON line each appended to
+the result file. Between two cfgs every model is unloaded, so each cfg's first run includes the load to the
+device; later runs of the same cfg find the model loaded, as a user's next prompt does (ours re-plans then,
+paced by the compute it measured in the first run). The resident case saves its latents; the later cases of
+the same host and cfg compare against them.
 """
 from __future__ import annotations
 
@@ -50,12 +52,15 @@ class WorkerSpec:
     scheduler: str = "simple"
     ring_slots: int | None = None  # None: StreamRequest's default
     keep_head_blocks: int | None = None
+    prompts: int = 1  # sampling runs per cfg (the model stays loaded between them)
 
-    def run_name(self, cfg: float) -> str:
-        return f"{self.case}/cfg{cfg:g}"
+    def run_name(self, cfg: float, prompt: int = 1) -> str:
+        return f"{self.case}/cfg{cfg:g}" + (f"/prompt{prompt}" if prompt > 1 else "")
 
-    def reference_path(self, cfg: float) -> Path:
-        return Path(self.reference_dir) / f"resident_{self.host}_cfg{cfg:g}.pt"
+    def reference_path(self, cfg: float, prompt: int = 1) -> Path:
+        # Per prompt number: on ComfyUI 0.33 a model's first sampling run at cfg 1 gives other bits than its
+        # later runs, in every mode alike (core's too), so each run is compared with the resident run of its rank.
+        return Path(self.reference_dir) / f"resident_{self.host}_cfg{cfg:g}_prompt{prompt}.pt"
 
 
 def bench_options(spec: WorkerSpec) -> argparse.Namespace:
@@ -113,9 +118,9 @@ def core_fields(patcher: Any) -> dict[str, Any]:
             "core_offload_buffer_bytes": getattr(patcher.model, "model_offload_buffer_memory", None)}
 
 
-def compare_to_reference(spec: WorkerSpec, cfg: float, out: torch.Tensor) -> dict[str, Any]:
-    """The resident case saves its latent; every other case compares with it (same host, cfg, seed)."""
-    path = spec.reference_path(cfg)
+def compare_to_reference(spec: WorkerSpec, cfg: float, out: torch.Tensor, prompt: int = 1) -> dict[str, Any]:
+    """The resident case saves its latent; every other case compares with it (same host, cfg, seed, prompt)."""
+    path = spec.reference_path(cfg, prompt)
     if spec.mode == "resident":
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(out, path)
@@ -155,19 +160,19 @@ class Worker:
         self.common.update(info)
         return patcher
 
-    def sample(self, patcher: Any, cfg: float, index: int) -> dict[str, Any]:
+    def sample(self, patcher: Any, cfg: float, index: int, prompt: int = 1) -> dict[str, Any]:
         from .cases import newest_prompt_stats
 
-        if index > 0:
-            self.bench.free_all()  # the next run's first step includes the load to the device again
+        if index > 0 and prompt == 1:
+            self.bench.free_all()  # the next cfg's first step includes the load to the device again
         self.memory.reset()
         self.bench.reset_peak()
         before = newest_prompt_stats() if self.spec.mode == "ours" else None
         sampled = self.bench.sample(patcher, 1, cfg=cfg, monitor=self.memory)
         out = sampled.pop("output")
-        rec = self.head(cfg, patcher)
+        rec = self.head(cfg, patcher, prompt)
         rec.update(sampled)
-        rec["load_kind"] = "first" if index == 0 else "reload"
+        rec["load_kind"] = "loaded" if prompt > 1 else "first" if index == 0 else "reload"
         rec["cond_uncond_batched"] = observe.cond_uncond_batched(sampled["forward_batches"][self.spec.warmup:], cfg)
         rec.update(self.memory_fields())
         rec.update(plan_fields(patcher) if self.spec.mode == "ours" else core_fields(patcher))
@@ -175,14 +180,14 @@ class Worker:
             after = newest_prompt_stats()
             rec["telemetry"] = report.telemetry(after if after is not before else None, self.spec.warmup)
         rec["latent_sha256"] = observe.latent_sha256(out)
-        rec.update(compare_to_reference(self.spec, cfg, out))
+        rec.update(compare_to_reference(self.spec, cfg, out, prompt))
         return rec
 
-    def head(self, cfg: float, patcher: Any = None) -> dict[str, Any]:
+    def head(self, cfg: float, patcher: Any = None, prompt: int = 1) -> dict[str, Any]:
         """The fields every line of this worker starts with."""
         s = self.spec
-        return {"case": s.run_name(cfg), "host": s.host, "mode": s.mode, "ours_budget": s.ours_budget,
-                "free_gib_target": s.free_gib, "cfg": cfg, **self.occ.as_dict(), **self.common,
+        return {"case": s.run_name(cfg, prompt), "host": s.host, "mode": s.mode, "ours_budget": s.ours_budget,
+                "free_gib_target": s.free_gib, "cfg": cfg, "prompt": prompt, **self.occ.as_dict(), **self.common,
                 "memory_path": {**memory_path(patcher), "loader_patcher_class": self.loader_class,
                                 "dynamic_vram_note": self.comfy["dynamic_vram_note"]},
                 "core": {k: self.settings.get(k) for k in ("NUM_STREAMS", "pinned_memory_on", "vram_state",
@@ -196,11 +201,11 @@ class Worker:
                 "aimdo_vram_bytes": aimdo_vram_bytes(), "device_total_bytes": self.memory.total}
 
 
-def error_record(spec: WorkerSpec, cfg: float, exc: BaseException) -> dict[str, Any]:
+def error_record(spec: WorkerSpec, cfg: float, exc: BaseException, prompt: int = 1) -> dict[str, Any]:
     tb = traceback.format_exc()
-    log.error("%s failed:\n%s", spec.run_name(cfg), tb)
-    return {"case": spec.run_name(cfg), "host": spec.host, "mode": spec.mode, "ours_budget": spec.ours_budget,
-            "free_gib_target": spec.free_gib, "cfg": cfg, "error": f"{type(exc).__name__}: {exc}"[:2000],
+    log.error("%s failed:\n%s", spec.run_name(cfg, prompt), tb)
+    return {"case": spec.run_name(cfg, prompt), "host": spec.host, "mode": spec.mode, "ours_budget": spec.ours_budget,
+            "free_gib_target": spec.free_gib, "cfg": cfg, "prompt": prompt, "error": f"{type(exc).__name__}: {exc}"[:2000],
             "traceback_tail": tb[-3000:]}
 
 
@@ -224,11 +229,12 @@ def run(spec: WorkerSpec) -> int:
         return 1
     failed = 0
     for index, cfg in enumerate(spec.cfgs):
-        try:
-            emit(worker.sample(patcher, cfg, index))
-        except Exception as exc:
-            failed += 1
-            emit(error_record(spec, cfg, exc))
+        for prompt in range(1, spec.prompts + 1):
+            try:
+                emit(worker.sample(patcher, cfg, index, prompt))
+            except Exception as exc:
+                failed += 1
+                emit(error_record(spec, cfg, exc, prompt))
     out.close()
     return 1 if failed else 0
 

@@ -58,7 +58,7 @@ def gguf_path(opts: argparse.Namespace, qtype: str) -> Path:
     return opts.models_dir / "diffusion_models" / opts.gguf_name.format(qtype=qtype)
 
 
-def load_gguf(run: Run, qtype: str, virtual_vram_gb: float) -> Any:
+def load_gguf(run: Run, qtype: str, virtual_vram_gb: float | None) -> Any:
     """The node's path: read, build through ComfyUI with the GGUF operations, make_streaming."""
     patcher, scratch = gguf_loaders.load_gguf_diffusion_model(str(gguf_path(run.opts, qtype)))
     request = StreamRequest(compute_device=run.bench.device, virtual_vram_gb=virtual_vram_gb, donor_device="cpu",
@@ -92,7 +92,7 @@ def bf16_resident(run: Run) -> dict[str, Any] | None:
     sampled = run.bench.sample(patcher, 1)
     sampled.pop("output")
     run.bf16 = sampled["s_per_it"]
-    return report.case_record("bf16_resident", sampled, 0, patcher.loaded_size(), run.bf16, run.W, run.bench.vram(),
+    return report.case_record(f"bf16_resident{cfg_suffix(run.opts)}", sampled, 0, patcher.loaded_size(), run.bf16, run.W, run.bench.vram(),
                               {"model": str(run.opts.bf16_model)})
 
 
@@ -107,7 +107,7 @@ def resident(run: Run, qtype: str) -> dict[str, Any]:
     if run.bf16:
         extra.update(bf16_s_per_it=run.bf16, over_bf16_resident=C / run.bf16,
                      dequant_over_bf16_step=extra["dequant_s_per_step"] / run.bf16)
-    return report.case_record(f"{qtype}_resident", sampled, 0, patcher.loaded_size(), C, run.W, run.bench.vram(),
+    return report.case_record(f"{qtype}_resident{cfg_suffix(run.opts)}", sampled, 0, patcher.loaded_size(), C, run.W, run.bench.vram(),
                               extra)
 
 
@@ -157,9 +157,29 @@ def fitting_virtual_vram_gb(run: Run, qtype: str, free_bytes: int) -> tuple[floa
                                        "target_footprint_bytes": footprint}
 
 
+def cfg_suffix(opts: argparse.Namespace) -> str:
+    return "" if opts.cfg == 1.0 else f"_cfg{opts.cfg:g}"
+
+
+def sample_prompts(run: Run, patcher: Any) -> dict[str, Any]:
+    """``--prompts`` sampling runs with the model left loaded; the last one's numbers, the earlier s/it beside."""
+    earlier = []
+    for prompt in range(run.opts.prompts):
+        if prompt:
+            earlier.append(sampled["s_per_it"])
+            run.bench.reset_peak()
+        sampled = run.bench.sample(patcher, 1)
+    sampled["prompts"] = run.opts.prompts
+    sampled["earlier_prompts_s_per_it"] = earlier
+    return sampled
+
+
 def streamed(run: Run, qtype: str, free_gib: float) -> dict[str, Any]:
     free_bytes = int(free_gib * GIB)
-    virtual, fit = fitting_virtual_vram_gb(run, qtype, free_bytes)
+    if run.opts.budget == "auto":
+        virtual, fit = None, {"budget": "auto"}
+    else:
+        virtual, fit = fitting_virtual_vram_gb(run, qtype, free_bytes)
     run.bench.free_all()
     hog, hog_bytes = occupy(run.bench.device, free_bytes)
     try:
@@ -167,9 +187,9 @@ def streamed(run: Run, qtype: str, free_gib: float) -> dict[str, Any]:
         t0 = time.perf_counter()
         patcher = load_gguf(run, qtype, virtual)
         build_s = time.perf_counter() - t0
-        plan = patcher.distorch.plan
         before = report_stats()
-        sampled = run.bench.sample(patcher, 1)
+        sampled = sample_prompts(run, patcher)
+        plan = patcher.distorch.plan  # after sampling: the automatic budget plans at each load
         out = sampled.pop("output")
         after = report_stats()
         vram = run.bench.vram()
@@ -182,7 +202,7 @@ def streamed(run: Run, qtype: str, free_gib: float) -> dict[str, Any]:
         C = run.C.get(qtype)
         if C:
             extra["over_resident"] = sampled["s_per_it"] / C
-        return report.case_record(f"{qtype}_stream_{free_gib:g}gib_free", sampled, plan.streamed_bytes,
+        return report.case_record(f"{qtype}_stream_{free_gib:g}gib_free{cfg_suffix(run.opts)}", sampled, plan.streamed_bytes,
                                   plan.resident_bytes, C, run.W, vram, extra)
     finally:
         del hog
@@ -228,11 +248,11 @@ def comfyui_gguf(run: Run, qtype: str, free_gib: float | None) -> dict[str, Any]
     try:
         run.bench.reset_peak()
         (patcher,) = loader().load_unet(gguf_path(run.opts, qtype).name)
-        sampled = run.bench.sample(patcher, 1)
+        sampled = sample_prompts(run, patcher)
         out = sampled.pop("output")
         vram = run.bench.vram()
         peak = vram["peak_vram_bytes"]
-        name = f"{qtype}_comfyui_gguf_" + (f"{free_gib:g}gib_free" if free_gib else "resident")
+        name = f"{qtype}_comfyui_gguf_" + (f"{free_gib:g}gib_free" if free_gib else "resident") + cfg_suffix(run.opts)
         loaded = patcher.loaded_size()
         extra = {"quant": qtype, "free_gib": free_gib, "hog_bytes": hog_bytes, "loaded_bytes": loaded,
                  "peak_vram_without_hog_bytes": peak - hog_bytes if peak is not None else None,
@@ -255,20 +275,28 @@ def run_all(opts: argparse.Namespace, comfy: dict[str, Any]) -> int:
     print(json.dumps({"case": "env", **env}, default=report.json_default), flush=True)
     if bench.cuda:
         run.guarded("b_bandwidth", lambda: bandwidth(run))
+    for cfg in opts.cfgs:
+        opts.cfg = cfg  # Bench.sample's default cfg; case names of cfg != 1 end in _cfg<x>
+        run_round(run, bench)
+    report.summary(run.reporter.results)
+    run.reporter.close()
+    return 0
+
+
+def run_round(run: Run, bench: Bench) -> None:
+    """Every case at one cfg: the bf16 reference step, then per quant type resident, streamed, baseline."""
+    opts = run.opts
     run.guarded("bf16_resident", lambda: bf16_resident(run))
     for qtype in opts.quants.split(","):
         if not gguf_path(opts, qtype).is_file():
             run.reporter.error(f"{qtype}_resident", FileNotFoundError(gguf_path(opts, qtype)))
             continue
-        run.guarded(f"{qtype}_resident", lambda q=qtype: resident(run, q))
+        run.guarded(f"{qtype}_resident{cfg_suffix(opts)}", lambda q=qtype: resident(run, q))
         if not bench.cuda:  # "VRAM free" means nothing on the CPU: the harness check stops here
             continue
         for free_gib in opts.free_gib:
-            run.guarded(f"{qtype}_stream_{free_gib:g}gib_free", lambda q=qtype, f=free_gib: streamed(run, q, f))
+            run.guarded(f"{qtype}_stream_{free_gib:g}gib_free{cfg_suffix(opts)}", lambda q=qtype, f=free_gib: streamed(run, q, f))
         if opts.comfyui_gguf:
-            for free_gib in (None, *opts.free_gib):
-                run.guarded(f"{qtype}_comfyui_gguf", lambda q=qtype, f=free_gib: comfyui_gguf(run, q, f))
-    report.summary(run.reporter.results)
-    run.reporter.close()
-    return 0
+            for free_gib in ((None,) if opts.baseline_resident else ()) + tuple(opts.free_gib):
+                run.guarded(f"{qtype}_comfyui_gguf{cfg_suffix(opts)}", lambda q=qtype, f=free_gib: comfyui_gguf(run, q, f))
 
