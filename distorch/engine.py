@@ -5,9 +5,10 @@
 arenas belong to the engine and persist across unload/load (streamed blocks re-pinned on load, unpinned on
 unload), so a reload costs no repacking. Streamed tensors are rebound to arena views rather than copied, so
 the host never holds a second copy of the streamed weights. :meth:`StreamingEngine.replan` swaps the plan
-while unloaded (free VRAM changed between prompts): the next load packs only blocks that never streamed
-before; a block that became resident keeps its packed copy, unpinned, as its host copy, so nothing is
-ever packed twice.
+(free VRAM changed between prompts, or the first measured forward paced it): on an unloaded engine for the
+next load, on a loaded one in place, moving only the blocks that change role. Only blocks that never
+streamed before are packed; a block that became resident keeps its packed copy, unpinned, as its host copy,
+so nothing is ever packed twice.
 """
 from __future__ import annotations
 
@@ -112,12 +113,19 @@ class StreamingEngine:
         self._store_of = {name: _normalised(store) for name, store in plan.streamed}
         self._tensor_block = {t.name: block for block, layout in self._layouts.items() for t in layout.tensors}
 
-    def replan(self, plan: PlacementPlan) -> None:
-        """Use ``plan`` from the next load on (the engine must be unloaded). Blocks that newly stream are
-        packed at that load; packed blocks that no longer stream are dropped once their tensors moved."""
-        if self.is_loaded:
-            raise DistorchError("replan needs an unloaded engine; unload first")
+    def replan(self, plan: PlacementPlan) -> int | None:
+        """Switch to ``plan``. Unloaded: from the next load on. Loaded: now, in place -- streaming stops, blocks
+        that newly stream are packed from the compute device and freed there, blocks that became resident are
+        copied up from their packs, the rest stays where it is, and streaming starts again (returns the bytes
+        now placed on the compute device, as :meth:`load` does). A full unload and load would move every
+        resident weight down and up again: seconds for a plan that changes a few blocks."""
+        if not self.is_loaded:
+            self._set_plan(plan)
+            return None
+        device = self._compute_device
+        self._stop_streaming()
         self._set_plan(plan)
+        return self._place(device)
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -146,6 +154,11 @@ class StreamingEngine:
         device = _normalised(compute_device)
         if self.is_loaded:
             raise DistorchError(f"engine already loaded on {self._compute_device}; unload first")
+        return self._place(device)
+
+    def _place(self, device: torch.device) -> int:
+        """Pack what newly streams (freeing its copy wherever it was), move what is resident to ``device``
+        (a no-op for tensors already there), pin, start streaming and profiling."""
         stats = self.load_stats = LoadStats()
         t0 = time.perf_counter()
         stats.packed_bytes = self._pack_streamed()
@@ -172,7 +185,15 @@ class StreamingEngine:
         """Stop streaming and move resident tensors to ``offload_device``; streamed ones stay in the arenas."""
         if not self.is_loaded:
             return
-        self.block_seconds()  # keep what the last forwards measured (unloading waits for the device anyway)
+        self._stop_streaming()
+        for arena in self._arenas.values():
+            arena.unpin()
+        self._move_resident(_normalised(offload_device))
+        self._compute_device = None
+
+    def _stop_streaming(self) -> None:
+        """Hooks off, every streamed tensor back on its arena view, in-flight copies done, ring freed."""
+        self.block_seconds()  # keep what the last forwards measured (this waits for the device anyway)
         if self._profiler is not None:
             self._profiler.close()
             self._profiler = None
@@ -183,10 +204,6 @@ class StreamingEngine:
         if self._ring is not None:
             self._ring.release()
             self._ring = None
-        for arena in self._arenas.values():
-            arena.unpin()
-        self._move_resident(_normalised(offload_device))
-        self._compute_device = None
 
     def _resident_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         streamed = self._tensor_block

@@ -17,7 +17,8 @@ how the model's weights reach the compute device and nothing else:
   ComfyUI then unloads the model completely, which the engine does cleanly.
 - With the automatic budget, `model_size()` is the whole model (so ComfyUI makes room as for any model), and
   each load for sampling re-plans from the VRAM really free then, minus what that run's activations need
-  (nodes.auto_budget); the arena is kept, only blocks that change role move.
+  (nodes.auto_budget); a loaded model is re-planned in place: the arena is kept, only blocks that change
+  role move.
 """
 from __future__ import annotations
 
@@ -190,11 +191,18 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         if engine.is_loaded:
             if not worth_replanning(state.plan, candidate, free, auto.model_bytes):
                 return
-            self._restore_all_backups()  # the next load re-applies patches on the new plan
-            engine.unload(self.offload_device)
+            # In place: only blocks that change role move. Patches come off first (a block that starts to
+            # stream must be packed unpatched) and go back on at the load that follows.
+            self._restore_all_backups()
             self.model.model_loaded_weight_memory = 0
-        engine.replan(candidate)
-        state.plan = candidate
+            self.model.current_weight_patches_uuid = None  # makes partially_load call load(), which re-patches
+        try:
+            engine.replan(candidate)
+        except Exception:
+            self.detach()  # e.g. out of memory moving blocks up: unload completely, the next prompt loads afresh
+            raise
+        finally:
+            state.plan = engine.plan
         log.info("[DisTorch] %s: compute on %s, automatic budget re-planned for %.2f GB free, %.2f GB kept for %s, "
                  "streamed blocks %s; %s\n%s", type(self.model).__name__, device, free / 1e9, auto.reserve_bytes / 1e9,
                  auto.reserve_reason, "paced by measured compute" if candidate.paced else "spread evenly",

@@ -176,12 +176,39 @@ def test_a_replan_packs_only_blocks_never_packed_before_and_outputs_stay_unchang
     assert packed and all(arena.contains(everything[t]) for t in packed)
 
 
-def test_replan_refuses_a_loaded_engine():
-    import pytest
+def test_a_replan_of_a_loaded_engine_moves_only_the_blocks_that_change_role():
+    xs = inputs(torch.bfloat16, count=2)
+    expected = reference_outputs(torch.bfloat16, xs)
+    model = make_model(torch.bfloat16)
+    blocks = len(plan_streaming(model, 0).block_sizes)
+    first, second = plan_streaming(model, 3), plan_streaming(model, blocks - 1)
+    bare = hook_count(model)
+    engine = StreamingEngine(model, first, EngineOptions())
+    engine.load("cpu")
+    run(model, xs)  # two forwards: the profiler measured the second and removed its hooks
+    hooks = hook_count(model)
+    head = first.block_sizes[0][0]  # resident under both plans: it must not move at all
+    head_weight = dict(model.named_parameters())[f"{head}.img_attn.qkv.weight"]
+    head_pointer = head_weight.data_ptr()
+    newly_streamed = set(second.streamed_names) - set(first.streamed_names)
 
-    from distorch.errors import DistorchError
+    placed = engine.replan(second)  # loaded: in place, no unload
+    assert engine.is_loaded and 0 < placed <= engine.plan.device_footprint_bytes
+    assert head_weight.data_ptr() == head_pointer
+    assert engine.load_stats.packed_bytes == sum(
+        size for name, size in second.block_sizes if name in set(second.streamed_names) - set(first.streamed_names))
+    arena = engine._arenas[torch.device("cpu")]
+    params = dict(model.named_parameters())
+    assert all(arena.contains(params[n]) for n in params if n.split(".weight")[0].rsplit(".", 2)[0] in newly_streamed
+               or any(n.startswith(b + ".") for b in newly_streamed))
+    assert all(torch.equal(a, b) for a, b in zip(run(model, xs), expected))
 
-    model = make_model()
-    engine = loaded_engine(model, 3)
-    with pytest.raises(DistorchError, match="unload first"):
-        engine.replan(plan_streaming(model, 4))
+    engine.replan(first)  # and back: the packs are kept, nothing is packed again
+    assert engine.load_stats.packed_bytes == 0
+    assert all(torch.equal(a, b) for a, b in zip(run(model, xs), expected))
+    assert hook_count(model) == hooks  # no hook of the earlier plans is left behind
+    engine.unload("cpu")
+    assert hook_count(model) == bare
+    engine.load("cpu")
+    assert all(torch.equal(a, b) for a, b in zip(run(model, xs), expected))
+    engine.unload("cpu")
