@@ -174,6 +174,10 @@ def sample_prompts(run: Run, patcher: Any) -> dict[str, Any]:
     return sampled
 
 
+def prompt_fields(sampled: dict[str, Any]) -> dict[str, Any]:
+    return {"prompts": sampled.get("prompts", 1), "earlier_prompts_s_per_it": sampled.get("earlier_prompts_s_per_it", [])}
+
+
 def streamed(run: Run, qtype: str, free_gib: float) -> dict[str, Any]:
     free_bytes = int(free_gib * GIB)
     if run.opts.budget == "auto":
@@ -198,7 +202,8 @@ def streamed(run: Run, qtype: str, free_gib: float) -> dict[str, Any]:
                  "peak_vram_without_hog_bytes": peak - hog_bytes if peak is not None else None,
                  "plan": plans.summary(plan), "load_and_wrap_s": build_s,
                  "max_abs_diff_vs_resident": diff(run.bench.reference.get(qtype), out),
-                 "telemetry": report.telemetry(after if after is not before else None, run.opts.warmup)}
+                 "telemetry": report.telemetry(after if after is not before else None, run.opts.warmup),
+                 **prompt_fields(sampled)}
         C = run.C.get(qtype)
         if C:
             extra["over_resident"] = sampled["s_per_it"] / C
@@ -256,7 +261,7 @@ def comfyui_gguf(run: Run, qtype: str, free_gib: float | None) -> dict[str, Any]
         loaded = patcher.loaded_size()
         extra = {"quant": qtype, "free_gib": free_gib, "hog_bytes": hog_bytes, "loaded_bytes": loaded,
                  "peak_vram_without_hog_bytes": peak - hog_bytes if peak is not None else None,
-                 "max_abs_diff_vs_ours": diff(run.bench.reference.get(qtype), out)}
+                 "max_abs_diff_vs_ours": diff(run.bench.reference.get(qtype), out), **prompt_fields(sampled)}
         C = run.C.get(qtype)
         if C:
             extra["over_our_resident"] = sampled["s_per_it"] / C
