@@ -50,6 +50,18 @@ def parse_virtual_vram(value: str | float | int | None) -> float | None:
     return float(text)
 
 
+def require_request_devices(request: StreamRequest, available: Sequence[str] | None = None) -> None:
+    """Every device the request names is present (else DeviceError naming the first absent one). Loaders call it
+    before they read a file, so a device that is not there costs no multi-GB load thrown away afterwards. The
+    donor is checked only without an expert allocation, which then names the stores itself."""
+    require_device(request.compute_device, available)
+    if request.expert_allocation.strip():
+        for entry in parse_allocation(request.expert_allocation).entries:
+            require_device(entry.device, available)
+    else:
+        require_device(request.donor_device, available)
+
+
 def compute_shares(request: StreamRequest, model_bytes: int, device_total: Callable[[str], int],
                    available: Sequence[str] | None = None) -> tuple[str, int, list[tuple[str, int]]]:
     """``(compute device, its bytes, [(store device, bytes), ...])``; an expert string wins over the
@@ -169,4 +181,4 @@ def worth_replanning(current: PlacementPlan, candidate: PlacementPlan, free_byte
 
 
 __all__ = ["AUTO", "StreamRequest", "apply_topology", "compute_shares", "parse_virtual_vram", "plan_auto",
-           "plan_request", "store_budgets", "worth_replanning"]
+           "plan_request", "require_request_devices", "store_budgets", "worth_replanning"]

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ..distorch.allocation import parse_allocation
-from ..distorch.budget import AUTO, StreamRequest, compute_shares, parse_virtual_vram, plan_auto, plan_request
+from ..distorch.budget import (AUTO, StreamRequest, compute_shares, parse_virtual_vram, plan_auto, plan_request,
+                              require_request_devices)
 from ..distorch.errors import AllocationError
 from ..distorch.devices import available_devices, default_pin_cap, device_total_memory
 from ..distorch.engine import EngineOptions
@@ -78,12 +79,16 @@ def validate_streaming_inputs(compute_device: str, donor_device: str, expert_all
 
 
 def request_from(kwargs: dict[str, Any]) -> StreamRequest:
-    return StreamRequest(
+    """The streaming inputs popped from a loader's kwargs, every device they name checked present (before the
+    loader reads its file: a device that is not there would otherwise fail only after the whole load)."""
+    request = StreamRequest(
         compute_device=kwargs.pop("compute_device"),
         virtual_vram_gb=parse_virtual_vram(kwargs.pop("virtual_vram_gb", AUTO)),
         donor_device=kwargs.pop("donor_device"),
         expert_allocation=kwargs.pop("expert_allocation", "") or "",
     )
+    require_request_devices(request)
+    return request
 
 
 def plan_for_module(root: torch.nn.Module, request: StreamRequest) -> PlacementPlan:

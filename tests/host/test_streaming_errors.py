@@ -35,10 +35,13 @@ def test_an_allocation_larger_than_the_device_fails_naming_the_device(server: Co
     assert "'cpu'" in error["exception_message"] and "has only" in error["exception_message"]
 
 
-def test_an_absent_donor_device_fails_naming_it(server: ComfyServer, fresh_seed: int) -> None:
+def test_an_absent_donor_device_fails_naming_it_before_the_checkpoint_is_read(
+        server: ComfyServer, fresh_seed: int) -> None:
     error = _failed(server, _graph(fresh_seed, donor_device="cuda:5"))
     assert error["exception_type"].endswith("DeviceError")
     assert "'cuda:5'" in error["exception_message"] and "available: cpu" in error["exception_message"]
+    # Not after loading the whole checkpoint: a wasted multi-GB load (whose freed memory the allocator kept)
+    assert "call_core" not in "".join(error.get("traceback", [])), error.get("traceback")
 
 
 def test_a_virtual_vram_too_large_runs_with_the_minimum_budget_and_warns_with_both_numbers(

@@ -59,6 +59,23 @@ def test_a_budget_too_small_runs_with_the_minimum_and_says_so():
     assert p.device_footprint_bytes == OTHER + 2 * GB and len(p.streamed) == len(BLOCKS)
 
 
+def test_every_device_a_request_names_must_be_present_and_the_first_absent_one_is_named():
+    import pytest
+
+    from distorch.budget import require_request_devices
+    from distorch.errors import DeviceError
+
+    def request(**kwargs):
+        return StreamRequest(**{"compute_device": "cuda:0", "virtual_vram_gb": 4.0, "donor_device": "cpu", **kwargs})
+
+    require_request_devices(request(), AVAILABLE)
+    for bad, absent in ((request(donor_device="cuda:7"), "cuda:7"), (request(compute_device="cuda:9"), "cuda:9"),
+                        (request(expert_allocation="cuda:0,4gb;cuda:6,*"), "cuda:6")):
+        with pytest.raises(DeviceError, match=f"'{absent}'"):
+            require_request_devices(bad, AVAILABLE)
+    require_request_devices(request(donor_device="cuda:7", expert_allocation="cuda:0,4gb;cpu,*"), AVAILABLE)
+
+
 # --- the automatic budget ---------------------------------------------------------------------------------
 from distorch.budget import parse_virtual_vram, plan_auto, worth_replanning  # noqa: E402
 
