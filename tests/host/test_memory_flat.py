@@ -1,7 +1,7 @@
 """Load, sample and unload a streamed model again and again in process: nothing of it stays behind.
 
-The strict form of the soak test's memory check (tests/host/test_soak.py checks a whole server, whose RSS also
-moves with ComfyUI's own bookkeeping): after warm-up cycles, every later cycle ends with the same live tensors
+Our part of the soak test's memory check, in process (tests/host/test_soak.py checks a whole server, whose RSS
+also carries ComfyUI's own residue): after warm-up cycles, every later cycle ends with the same live tensors
 (count and bytes) and the process's RSS within 1% of where it was.
 """
 from __future__ import annotations

@@ -7,13 +7,16 @@ CI-sized run; 400 on the GPU machine, where the compute device is cuda:0). Each 
 the server's host RSS, pinned bytes and VRAM.
 
 Memory is compared at rest: after ``POST /free`` (models unloaded, the execution cache dropped, then ComfyUI's
-own gc.collect) and once RSS stops moving. The baseline is taken the same way after three warm-up cycles, because
-the first runs of each kind of prompt allocate for good (imported modules, torch kernels and thread pools,
-ComfyUI's caches). Pinned bytes and VRAM must come back to the baseline within 1%, RSS within 5% (see the
-assertion; the strict 1% check of our own part is tests/host/test_memory_flat.py). For RSS to measure
-live memory and not glibc's caching, the server runs with malloc told to hand every large block straight back
-to the system (a fixed mmap threshold, no trimming delay, two arenas): without that, at-rest RSS was seen to
-swing by 10% from cycle to cycle with nothing alive behind it.
+own gc.collect), once RSS stops moving, and after the test probe asked glibc to hand its free memory back
+(``malloc_trim``): what the C allocator keeps for reuse is retention, not live memory (a prompt that loaded a
+whole checkpoint and failed left ~10 MB of it per prompt before the loaders checked devices first). The baseline
+is taken the same way after three warm-up cycles, because the first runs of each kind of prompt allocate for
+good (imported modules, torch kernels and thread pools, ComfyUI's caches). RSS, pinned bytes and VRAM must come
+back to the baseline within 1%. For RSS to measure live memory and not glibc's caching, the server also runs
+with malloc told to hand every large block straight back to the system (a fixed mmap threshold, no trimming
+delay, two arenas). One residue is ComfyUI's own: an interrupted prompt keeps ~1.5 MB for good on 0.3.75, the
+same with core's CheckpointLoaderSimple as with ours (measured with a core-only control), so the long run's
+budget grows with its interrupts (``INTERRUPT_RESIDUE``).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import psutil
 import pytest
 
 from comfy_server import ComfyServer, ServerError, execution_error, load_graph
-from conftest import WORKFLOWS
+from conftest import PROBE_NODES, WORKFLOWS
 from test_routes import scrape
 
 PROMPTS = int(os.environ.get("DISTORCH_SOAK_PROMPTS", "40"))
@@ -36,7 +39,7 @@ PROMPTS = int(os.environ.get("DISTORCH_SOAK_PROMPTS", "40"))
 # (7 streaming prompts a cycle), ComfyUI its execution cache. The baseline is taken once they are full.
 WARM_UP_CYCLES = 3
 TOLERANCE = 0.01
-RSS_TOLERANCE = 0.05
+INTERRUPT_RESIDUE = 2 * 2**20  # ComfyUI's own per interrupted prompt (see above), allowed beside the 1%
 TRUNCATED = "distorch-truncated.safetensors"
 # glibc: blocks over 128 KiB are their own mappings, unmapped when freed; the heap is trimmed at once.
 LIVE_MEMORY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
@@ -50,7 +53,7 @@ def soak_server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     source = models["sd15_tiny"].read_bytes()
     (extra / TRUNCATED).write_bytes(source[: len(source) // 2])  # a download cut in half
     with ComfyServer(log_path=work / "server.log", output_dir=work / "output", extra_models=work / "models",
-                     env=LIVE_MEMORY_MALLOC) as running:
+                     extra_custom_nodes=[PROBE_NODES], env=LIVE_MEMORY_MALLOC) as running:
         yield running
 
 
@@ -58,7 +61,7 @@ class Soak:
     """Builds the prompts of one cycle and runs them, counting what it ran."""
 
     def __init__(self, server: ComfyServer, device: str) -> None:
-        self.server, self.device, self.seed, self.count = server, device, 5000, 0
+        self.server, self.device, self.seed, self.count, self.interrupts = server, device, 5000, 0, 0
 
     def _seeded(self, graph: dict) -> dict:
         self.seed += 1
@@ -114,6 +117,7 @@ class Soak:
     def interrupted(self) -> None:
         """A long prompt interrupted while it runs ends as interrupted, not as a crash."""
         self.count += 1
+        self.interrupts += 1
         graph = self.sd15()
         graph["4"]["inputs"].update(width=256, height=256)
         graph["5"]["inputs"]["steps"] = 200
@@ -174,6 +178,10 @@ def at_rest(server: ComfyServer) -> dict[str, int]:
         if abs(rss - previous) <= previous * 0.001:
             break
         previous = rss
+    trimmed = server.post("/distorch_test/malloc_trim", {})
+    if trimmed.get("available"):
+        time.sleep(1)
+        rss = process.memory_info().rss
     _, metrics = scrape(server)
     return {"rss": rss, "pinned": int(metrics[("distorch_pinned_host_bytes", "")]), "vram": _vram_bytes(server)}
 
@@ -189,7 +197,7 @@ def test_a_long_run_of_prompts_keeps_the_server_up_and_gives_memory_back(soak_se
         soak.cycle()
     base = at_rest(soak_server)
     print(json.dumps({"soak": "baseline", **base}), flush=True)
-    started, warm_up = time.monotonic(), soak.count
+    started, warm_up, warm_up_interrupts = time.monotonic(), soak.count, soak.interrupts
     while soak.count - warm_up < PROMPTS:
         soak.cycle()
         print(json.dumps({"soak": "cycle", "prompts": soak.count - warm_up, **at_rest(soak_server)}), flush=True)
@@ -200,7 +208,5 @@ def test_a_long_run_of_prompts_keeps_the_server_up_and_gives_memory_back(soak_se
     assert soak_server.process.poll() is None
     for key in ("pinned", "vram"):
         assert _within(end[key], base[key]), summary
-    # The server's RSS also moves with ComfyUI's own per-prompt bookkeeping: on CPU it was seen to creep by about
-    # 0.5% per 11 prompts with /history cleared and large blocks returned to the system, while the same streamed
-    # load/sample/unload cycles in process stay flat to 1% (test_memory_flat.py, the strict check of our part).
-    assert _within(end["rss"], base["rss"], RSS_TOLERANCE), summary
+    interrupts = soak.interrupts - warm_up_interrupts
+    assert end["rss"] <= base["rss"] * (1 + TOLERANCE) + interrupts * INTERRUPT_RESIDUE, summary

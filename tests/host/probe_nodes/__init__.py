@@ -4,7 +4,13 @@ The test fixture puts this folder on ComfyUI's custom_nodes path next to the plu
 ComfyUI itself to load each model (``load_models_gpu``, exactly what KSampler/VAEDecode do), then
 records the patcher's load/offload device and the device of its first weight at that moment.
 """
+import ctypes
+import ctypes.util
+import gc
+
 import comfy.model_management
+from aiohttp import web
+from server import PromptServer
 
 from .coexistence import NODE_CLASS_MAPPINGS as COEXISTENCE_PROBES  # tests/gpu/dynamic_vram_coexistence.py
 
@@ -41,3 +47,14 @@ class DistorchProbePlacement:
 
 
 NODE_CLASS_MAPPINGS = {"DistorchProbePlacement": DistorchProbePlacement, **COEXISTENCE_PROBES}
+
+
+@PromptServer.instance.routes.post("/distorch_test/malloc_trim")
+async def malloc_trim(request):
+    """Hand the C allocator's free memory back to the system (glibc's malloc_trim), so that RSS measures live
+    memory: freed blocks it keeps for reuse are retention, not a leak (tests/host/test_soak.py)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    trim = getattr(libc, "malloc_trim", None)
+    return web.json_response({"trimmed": bool(trim(0)) if trim else None, "available": trim is not None})
