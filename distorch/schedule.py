@@ -13,6 +13,7 @@ are cached, and the same bytes land in the same place each forward).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 
@@ -24,6 +25,7 @@ class SlotSchedule:
     fill_of: tuple[int, ...]  # block index -> fill index inside a forward
     offset_of: tuple[int, ...]  # block index -> byte offset inside its slot
     fill_last_block: tuple[int, ...]  # fill index -> its last block index
+    position_of: tuple[int, ...]  # block index -> which of its fill's blocks it is (0 for the first)
 
     @classmethod
     def build(cls, block_bytes: Sequence[int], slot_bytes: int, ring_slots: int, pack: bool = True) -> "SlotSchedule":
@@ -31,17 +33,21 @@ class SlotSchedule:
         current one (or always, with ``pack=False``)."""
         if any(size > slot_bytes for size in block_bytes):
             raise ValueError(f"a block of {max(block_bytes)} bytes does not fit a {slot_bytes}-byte slot")
-        fill_of, offset_of, last = [], [], []
+        fill_of, offset_of, position_of, last = [], [], [], []
         used = slot_bytes  # forces a new fill for the first block
         for index, size in enumerate(block_bytes):
             if not pack or used + size > slot_bytes:
                 last.append(index)
                 used = 0
+                position = 0
             fill_of.append(len(last) - 1)
             offset_of.append(used)
+            position_of.append(position)
+            position += 1
             last[-1] = index
             used += size
-        return cls(tuple(block_bytes), slot_bytes, ring_slots, tuple(fill_of), tuple(offset_of), tuple(last))
+        return cls(tuple(block_bytes), slot_bytes, ring_slots, tuple(fill_of), tuple(offset_of), tuple(last),
+                   tuple(position_of))
 
     @property
     def blocks(self) -> int:
@@ -51,18 +57,16 @@ class SlotSchedule:
     def fills(self) -> int:
         return len(self.fill_last_block)
 
-    @property
+    # Read for every block of every forward (the streamer's hooks): computed once.
+    @cached_property
     def slots(self) -> int:
         """Slots in use: more slots than fills would copy a fill twice ahead."""
         return min(self.ring_slots, self.fills)
 
-    @property
+    @cached_property
     def positions(self) -> int:
         """The most blocks one fill holds (ready events are kept per slot and position)."""
-        counts: dict[int, int] = {}
-        for fill in self.fill_of:
-            counts[fill] = counts.get(fill, 0) + 1
-        return max(counts.values(), default=1)
+        return max(self.position_of, default=0) + 1
 
     def fill_seq(self, seq: int) -> int:
         """The fill number of block run number ``seq`` (``seq = forward * blocks + index``)."""
@@ -76,8 +80,7 @@ class SlotSchedule:
 
     def position(self, seq: int) -> int:
         """Which of its fill's blocks ``seq`` is (0 for the first)."""
-        index = seq % self.blocks
-        return index - next(i for i in range(index + 1) if self.fill_of[i] == self.fill_of[index])
+        return self.position_of[seq % self.blocks]
 
     def ready_key(self, seq: int) -> int:
         return self.slot(seq) * self.positions + self.position(seq)
