@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -197,16 +197,23 @@ def make_variant(core_name: str, core_cls: type) -> type:
     return type(node_id, (), attrs)
 
 
-def build_mappings() -> tuple[dict[str, type], dict[str, str]]:
+def variant_mappings(variants: dict[str, tuple], make: Callable[[str, type], type]
+                     ) -> tuple[dict[str, type], dict[str, str]]:
+    """Node classes and display names of the ``variants`` (core name -> (node id, display name, ...)) of the core
+    loaders this ComfyUI has, each built by ``make(core name, core class)``."""
     classes, names = {}, {}
-    for core_name, (node_id, display, _, _) in VARIANTS.items():
+    for core_name, (node_id, display, *_) in variants.items():
         core_cls = comfy_adapter.core_node(core_name)
         if core_cls is None:
             log.info("[DisTorch] this ComfyUI has no %s; %s not registered", core_name, node_id)
             continue
-        classes[node_id] = make_variant(core_name, core_cls)
+        classes[node_id] = make(core_name, core_cls)
         names[node_id] = display
     return classes, names
+
+
+def build_mappings() -> tuple[dict[str, type], dict[str, str]]:
+    return variant_mappings(VARIANTS, make_variant)
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings()

@@ -23,7 +23,8 @@ import torch
 from ..distorch.gguf_file import GGUFError, GGUFFile, read_gguf
 from ..distorch.quant import ScratchPool
 from . import comfy_adapter
-from .distorch_loaders import CATEGORY, make_streaming, request_from, streaming_inputs, validate_streaming_inputs
+from .distorch_loaders import (CATEGORY, make_streaming, request_from, streaming_inputs, validate_streaming_inputs,
+                               variant_mappings)
 from .gguf_ops import gguf_operations, largest_quantized_numel
 from .gguf_state_dict import GGUFStateDict, diffusion_state_dict, text_encoder_state_dict
 from .streaming_patcher import StreamingModelPatcher
@@ -171,16 +172,9 @@ def make_text_variant(core_name: str, core_cls: type) -> type:
 
 
 def build_mappings() -> tuple[dict[str, type], dict[str, str]]:
-    classes: dict[str, type] = {"DisTorchUNETLoaderGGUF": DisTorchUNETLoaderGGUF}
-    names = {"DisTorchUNETLoaderGGUF": "Load Diffusion Model (GGUF, DisTorch streaming)"}
-    for core_name, (node_id, display, _) in TEXT_VARIANTS.items():
-        core_cls = comfy_adapter.core_node(core_name)
-        if core_cls is None:
-            log.info("[DisTorch] this ComfyUI has no %s; %s not registered", core_name, node_id)
-            continue
-        classes[node_id] = make_text_variant(core_name, core_cls)
-        names[node_id] = display
-    return classes, names
+    classes, names = variant_mappings(TEXT_VARIANTS, make_text_variant)
+    return ({"DisTorchUNETLoaderGGUF": DisTorchUNETLoaderGGUF, **classes},
+            {"DisTorchUNETLoaderGGUF": "Load Diffusion Model (GGUF, DisTorch streaming)", **names})
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings()

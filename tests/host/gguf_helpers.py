@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gc
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 from comfy_server import MODELS_DIR
+from forced_plans import forced_plan
 
 SEED, STEPS = 42, 1
 DIFFUSION = MODELS_DIR / "diffusion_models"
@@ -92,19 +92,6 @@ def sample(comfy_nodes, model, arch: str) -> torch.Tensor:
     cond, latent = conditioning(arch)
     (out,) = comfy_nodes.common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", cond, cond, latent)
     return out["samples"]
-
-
-def forced_plan(streaming, model, streamed: list[str], ring_slots: int, device: torch.device):
-    """A plan streaming exactly ``streamed``: the tiny Flux's two huge blocks are too few for the budget
-    planner to ever stream one with a resident head block, and the engine must be exact for any plan."""
-    plan = streaming.plan_for_module(model.model, streaming.StreamRequest(str(device), 0.0, "cpu"))
-    sizes = dict(plan.block_sizes)
-    return replace(
-        plan, resident=tuple(n for n in plan.resident if n not in streamed),
-        streamed=tuple((n, "cpu") for n in streamed), ring_slots=min(ring_slots, len(streamed)),
-        slot_bytes=max(sizes[n] for n in streamed), streamed_bytes=sum(sizes[n] for n in streamed),
-        resident_bytes=plan.resident_bytes - sum(sizes[n] for n in streamed),
-    )
 
 
 def streamed_gguf(comfy_nodes, name: str, streamed: list[str], device: torch.device, ring_slots: int = 1):

@@ -12,6 +12,8 @@ import sys
 import pytest
 import torch
 
+from forced_plans import forced_plan
+
 SEED, STEPS = 42, 2
 
 
@@ -54,26 +56,11 @@ def _sd_latent():
     return {"samples": torch.zeros(1, 4, 8, 8)}
 
 
-def _forced_plan(streaming, model, streamed: list[str], ring_slots: int, device: torch.device):
-    """A plan streaming exactly ``streamed`` (the tiny models are too small for the budget planner to
-    ever prefer streaming their few, huge blocks; the engine must still be exact for any plan)."""
-    from dataclasses import replace
-
-    plan = streaming.plan_for_module(model.model, streaming.StreamRequest(str(device), 0.0, "cpu"))
-    sizes = dict(plan.block_sizes)
-    return replace(
-        plan, resident=tuple(n for n in plan.resident if n not in streamed),
-        streamed=tuple((n, "cpu") for n in streamed), ring_slots=min(ring_slots, len(streamed)),
-        slot_bytes=max(sizes[n] for n in streamed), streamed_bytes=sum(sizes[n] for n in streamed),
-        resident_bytes=plan.resident_bytes - sum(sizes[n] for n in streamed),
-    )
-
-
 def _streamed_patcher(streaming, model, streamed: list[str], ring_slots: int = 2):
     import comfy.model_management
 
     device = comfy.model_management.get_torch_device()
-    plan = _forced_plan(streaming, model, streamed, ring_slots, device)
+    plan = forced_plan(streaming, model, streamed, ring_slots, device)
     options = streaming.EngineOptions(ring_slots=ring_slots)
     return streaming.StreamingModelPatcher.wrap(model, plan, options, device)
 
