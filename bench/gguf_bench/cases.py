@@ -24,6 +24,7 @@ from comfyui_distorch.nodes import auto_budget, comfy_adapter, gguf_loaders
 from comfyui_distorch.nodes.quantized_weights import logical_shape, quant_spec
 
 from flux import plans, report
+from flux.occupy import occupy
 from flux.harness import GB, Bench, StepClock, core_settings, environment
 
 log = logging.getLogger("bench")
@@ -137,15 +138,6 @@ def dequant_only(patcher: Any) -> dict[str, Any]:
             "dtype": str(dtype), "scratch_bytes": pool.nbytes}
 
 
-def occupy(device: str, free_bytes: int) -> tuple[torch.Tensor | None, int]:
-    """ONE allocation taking everything but ``free_bytes`` of the card; (the tensor, its bytes)."""
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    hog = free - free_bytes
-    if hog <= 0:
-        return None, 0
-    return torch.empty(hog, dtype=torch.uint8, device=device), hog
-
-
 def fitting_virtual_vram_gb(run: Run, qtype: str, free_bytes: int) -> tuple[float, dict[str, Any]]:
     """The node's virtual_vram_gb whose plan (resident + ring) leaves the reserve and a margin free."""
     patcher, _ = gguf_loaders.load_gguf_diffusion_model(str(gguf_path(run.opts, qtype)))
@@ -185,7 +177,8 @@ def streamed(run: Run, qtype: str, free_gib: float) -> dict[str, Any]:
     else:
         virtual, fit = fitting_virtual_vram_gb(run, qtype, free_bytes)
     run.bench.free_all()
-    hog, hog_bytes = occupy(run.bench.device, free_bytes)
+    occupation = occupy(free_bytes, run.bench.device)
+    hog, hog_bytes = occupation.block, occupation.occupied_bytes
     try:
         run.bench.reset_peak()
         t0 = time.perf_counter()
@@ -210,7 +203,7 @@ def streamed(run: Run, qtype: str, free_gib: float) -> dict[str, Any]:
         return report.case_record(f"{qtype}_stream_{free_gib:g}gib_free{cfg_suffix(run.opts)}", sampled, plan.streamed_bytes,
                                   plan.resident_bytes, C, run.W, vram, extra)
     finally:
-        del hog
+        del hog, occupation  # the occupying allocation goes back
 
 
 def report_stats() -> dict[str, Any] | None:
@@ -249,7 +242,8 @@ def comfyui_gguf(run: Run, qtype: str, free_gib: float | None) -> dict[str, Any]
 
     folder_paths.add_model_folder_path("diffusion_models", str(run.opts.models_dir / "diffusion_models"))
     loader = comfyui_gguf_loader(run.opts.comfyui_gguf)
-    hog, hog_bytes = occupy(run.bench.device, int(free_gib * GIB)) if free_gib else (None, 0)
+    occupation = occupy(int(free_gib * GIB) if free_gib else None, run.bench.device)
+    hog, hog_bytes = occupation.block, occupation.occupied_bytes
     try:
         run.bench.reset_peak()
         (patcher,) = loader().load_unet(gguf_path(run.opts, qtype).name)
@@ -267,7 +261,7 @@ def comfyui_gguf(run: Run, qtype: str, free_gib: float | None) -> dict[str, Any]
             extra["over_our_resident"] = sampled["s_per_it"] / C
         return report.case_record(name, sampled, max(patcher.model_size() - loaded, 0), loaded, C, run.W, vram, extra)
     finally:
-        del hog
+        del hog, occupation  # the occupying allocation goes back
 
 
 # --------------------------------------------------------------------------------------------------
