@@ -385,6 +385,8 @@ def text_encoder_load_dtype(entries: dict[str, dict[str, Any]]) -> torch.dtype:
     pick = getattr(model_management, "pick_weight_dtype", None)
     stored = utils.weight_dtype(meta_state_dict(entries))
     return pick(stored, fallback, device) if pick is not None else fallback
+
+
 # --- GGUF files and ComfyUI's state-dict loaders (nodes/gguf_loaders.py) ------------------------------------
 GGUF_EXTENSIONS = frozenset({".gguf"})
 
