@@ -292,10 +292,11 @@ def paced_choice(sizes: Sequence[int], seconds: Sequence[float], head: int, targ
     # bytes): the target is still met, with the latest blocks left, where the most compute has run before
     # them. The link is then the bottleneck wherever the blocks stream from; streaming MORE than the target
     # to keep a pace would only make every step slower.
+    paced = set(chosen)
     for index in range(len(sizes) - 1, head - 1, -1):
         if streamed >= target_bytes:
             break
-        if index not in chosen:
+        if index not in paced:
             chosen.append(index)
             streamed += sizes[index]
     return sorted(chosen)
