@@ -25,6 +25,7 @@ from .arena import HostArena
 from .errors import DistorchError
 from .layout import BlockLayout, find_blocks, layout_block
 from .planner import PlacementPlan
+from .activation_peak import ActivationPeakProbe
 from .profile import BlockProfiler
 from .registry import REGISTRY
 from .schedule import SlotSchedule
@@ -99,6 +100,7 @@ class StreamingEngine:
         self.load_stats = LoadStats()
         self._profiler: BlockProfiler | None = None
         self._block_seconds: dict[str, float] | None = None  # the latest measured forward, block by block
+        self._activation_probe: ActivationPeakProbe | None = None
         self._set_plan(plan)
         REGISTRY.add_engine(self)
 
@@ -197,6 +199,8 @@ class StreamingEngine:
         if self._profiler is not None:
             self._profiler.close()
             self._profiler = None
+        if self._activation_probe is not None:
+            self._activation_probe.close()
         if self._streamer is not None:
             self._streamer.detach()  # also waits for in-flight copies: the ring and pins can go
             self._streamer.backend.release()
@@ -295,10 +299,17 @@ class StreamingEngine:
         return self._ring.nbytes
 
     def _start_profiling(self, device: torch.device) -> None:
-        """Time every block on the second forward after this load (see distorch.profile)."""
+        """Time every block, and measure the activation peak, on the second forward after this load (see
+        distorch.profile and distorch.activation_peak; the peak needs the forward root)."""
         timer = CudaTimer(device) if device.type == "cuda" else WallTimer()
         root = self.root.get_submodule(self.options.forward_root) if self.options.forward_root else None
         self._profiler = BlockProfiler(list(self._all_modules.items()), timer, root)
+        self._activation_probe = ActivationPeakProbe(device, root) if root is not None else None
+
+    def activation_peak_bytes(self) -> int | None:
+        """The most one forward since the last load allocated on the compute device beyond what was allocated
+        when it started (its activations and scratch), or None before one was measured (or not on CUDA)."""
+        return None if self._activation_probe is None else self._activation_probe.peak_bytes
 
     def block_seconds(self) -> dict[str, float] | None:
         """Compute seconds of each block (execution order) in the latest measured forward, or None before one

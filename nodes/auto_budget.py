@@ -7,10 +7,15 @@ batches them only when ``memory_required(batched shape) * 1.5`` is below the fre
 plan keeps free, and never less than the estimate plus ComfyUI's reserved VRAM and a fixed margin. (ComfyUI's
 own minimum inference memory adds 0.8 GB more; on the H200 a Flux 1024x1024 run left about 1 GB of such a
 reserve unused, and every GB kept resident is about 18 ms less to stream per step.)
+
+With one cond per forward there is no batching decision to keep room for, so once a forward of that shape was
+measured (distorch.activation_peak: 0.51 GB for Flux at 1024x1024 against an estimate-based reserve of 2.02 GB)
+the reserve is the measured peak plus ComfyUI's reserved VRAM and a smaller margin. Until then, and whenever
+cond and uncond may share a forward, ComfyUI's estimate rules.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..distorch.budget import StreamRequest
@@ -19,6 +24,8 @@ from . import comfy_adapter
 
 BATCH_MARGIN = 1.5  # calc_cond_batch: memory_required(batch) * 1.5 < free memory, or the batch is split
 ACTIVATION_MARGIN = 512 * 2**20  # beside ComfyUI's estimate and reserve: allocator slack, cuBLAS workspaces
+MEASURED_FACTOR = 1.1  # a measured peak, plus 10%: allocator rounding, a few more kernels' scratch
+MEASURED_MARGIN = 256 * 2**20  # beside a measured peak and ComfyUI's reserve: tensors the sampler keeps between forwards
 DEFAULT_LATENT_SIDE = 128  # a 1024x1024 image, until a sampling run says otherwise
 
 
@@ -35,6 +42,17 @@ class AutoBudget:
     reserve_reason: str = "a batched cond+uncond forward at 1024x1024 (until a sampling run says otherwise)"
     block_seconds: tuple[float, ...] | None = None  # measured compute per block (in `blocks` order), once known
     extra_reserve_bytes: int = 0  # kept free beside the activations (a GGUF model's dequantization scratch)
+    run: tuple[tuple[int, ...], int] | None = None  # (forward input shape, conds per forward) of the latest run
+    measured_peaks: dict[tuple[tuple[int, ...], int], int] = field(default_factory=dict)  # per `run`, bytes
+
+    def forget_measured_peaks(self) -> None:
+        """A sampling run ran out of memory: plan with ComfyUI's estimate again."""
+        self.measured_peaks.clear()
+
+    def note_activation_peak(self, peak_bytes: int | None) -> None:
+        """Keep the highest activation peak measured for the current run's forward shape."""
+        if peak_bytes is not None and self.run is not None:
+            self.measured_peaks[self.run] = max(peak_bytes, self.measured_peaks.get(self.run, 0))
 
     def note_block_seconds(self, measured: dict[str, float] | None) -> None:
         """Keep a measured forward's compute per block, for pacing the next plan (distorch.profile)."""
@@ -61,11 +79,25 @@ def default_reserve(model: Any) -> int:
     return reserve_for(model, [1, channels, DEFAULT_LATENT_SIDE, DEFAULT_LATENT_SIDE], 2)
 
 
+def measured_reserve(peak_bytes: int) -> int:
+    """VRAM to keep free for forwards whose activation peak was measured (one cond per forward)."""
+    return int(peak_bytes * MEASURED_FACTOR) + comfy_adapter.reserved_vram() + MEASURED_MARGIN
+
+
 def note_sampling_run(auto: AutoBudget, model: Any, executor: Any, noise: Any) -> None:
     """Called as a sampling run starts, before its load: size the reserve for this run's forwards."""
     found = comfy_adapter.forward_shape(executor, noise)
     if found is None:
+        auto.run = None
         return
     shape, entries = found
+    auto.run = (tuple(shape), entries)
+    described = f"{entries} cond(s) of a {'x'.join(map(str, shape))} latent in one forward"
+    peak = auto.measured_peaks.get(auto.run) if entries == 1 else None
+    if peak is not None:
+        # A measured peak includes a GGUF model's dequantization scratch: no extra reserve beside it.
+        auto.reserve_bytes = measured_reserve(peak)
+        auto.reserve_reason = f"{described}, measured peak {peak / 1e9:.2f} GB"
+        return
     auto.reserve_bytes = reserve_for(model, shape, entries) + auto.extra_reserve_bytes
-    auto.reserve_reason = f"{entries} cond(s) of a {'x'.join(map(str, shape))} latent in one forward"
+    auto.reserve_reason = described

@@ -282,9 +282,14 @@ def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):
     state.engine.telemetry.summary()  # drop what earlier, unreported forwards left behind
     try:
         return executor(*args, **kwargs)
+    except torch.OutOfMemoryError:
+        if state.auto is not None:
+            state.auto.forget_measured_peaks()  # a reserve from a measured peak was too small: estimate again
+        raise
     finally:
         stats = state.engine.telemetry.summary()
         if state.auto is not None:
             state.auto.note_block_seconds(state.engine.block_seconds())
+            state.auto.note_activation_peak(state.engine.activation_peak_bytes())
         REGISTRY.record_prompt_stats(stats.as_dict())
         log.info("[DisTorch] %s", stats.console_line())

@@ -104,7 +104,8 @@ def plan_fields(patcher: Any) -> dict[str, Any]:
             "plan": {**plans.summary(plan), "streamed_bytes": plan.streamed_bytes,
                      "resident_bytes": plan.resident_bytes, "ring_bytes": plan.ring_bytes,
                      "activation_reserve_bytes": plan.activation_reserve_bytes, "budget_raised": plan.budget_raised,
-                     "auto_reserve_reason": auto.reserve_reason if auto is not None else None},
+                     "auto_reserve_reason": auto.reserve_reason if auto is not None else None,
+                     "measured_activation_peak_bytes": state.engine.activation_peak_bytes()},
             "engine_load": state.engine.load_stats.as_dict(),
             "plan_table": plan.table()}
 

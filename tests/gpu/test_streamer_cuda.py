@@ -72,3 +72,20 @@ def _registered(segment: torch.Tensor) -> bool:
     from distorch.pinning import is_registered
 
     return is_registered(segment.data_ptr())
+
+
+def test_the_activation_peak_of_a_real_forward_is_what_it_allocated_beyond_its_start():
+    from distorch.activation_peak import ActivationPeakProbe
+
+    class Temporary(torch.nn.Module):
+        def forward(self, x):
+            scratch = torch.empty(64 * 2**20, dtype=torch.uint8, device=DEVICE)  # freed when forward returns
+            return x + scratch[:1].float()
+
+    model = Temporary()
+    probe = ActivationPeakProbe(DEVICE, model)
+    x = torch.zeros(1, device=DEVICE)
+    model(x)
+    assert probe.peak_bytes is None
+    model(x)
+    assert 64 * 2**20 <= probe.peak_bytes <= 64 * 2**20 + 2**20

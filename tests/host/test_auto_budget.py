@@ -115,6 +115,34 @@ def test_the_reserve_is_sized_for_the_run_about_to_sample(comfy_nodes, sd, card)
     mm.unload_all_models()
 
 
+def test_a_measured_activation_peak_sizes_the_reserve_of_single_cond_runs_only(comfy_nodes, sd, card, adapter):
+    """On CUDA the engine measures a forward's activation peak (distorch.activation_peak); here, on CPU, the value
+    it would report is handed to the budget as the patcher hands it after a sampling run."""
+    import comfy.model_management as mm
+
+    auto_budget = sys.modules[adapter.__name__.rpartition(".")[0] + ".auto_budget"]
+    base, pos, neg = sd
+    model = card.model = _auto_model(comfy_nodes)
+    auto = model.distorch.auto
+    _sample(comfy_nodes, model, pos, neg, cfg=3.0)
+    batched = auto.reserve_bytes
+    _sample(comfy_nodes, model, pos, neg, cfg=1.0)
+    estimated = auto.reserve_bytes
+    card.free = auto.other_bytes + estimated + auto.model_bytes // 3  # a card on which the reserve matters
+    _sample(comfy_nodes, model, pos, neg, cfg=1.0)
+    streamed_with_estimate = model.distorch.plan.streamed_bytes
+    auto.note_activation_peak(3 * 2**20)  # what a forward of this run's shape allocated at its peak
+    auto.note_activation_peak(2 * 2**20)  # a later, lower measurement does not lower it
+    assert torch.equal(_sample(comfy_nodes, model, pos, neg, cfg=1.0), _sample(comfy_nodes, base, pos, neg, cfg=1.0))
+    assert auto.reserve_bytes == auto_budget.measured_reserve(3 * 2**20) < estimated
+    assert "measured peak" in auto.reserve_reason
+    plan = model.distorch.plan  # the VRAM no longer kept free holds weights
+    assert plan.activation_reserve_bytes == auto.reserve_bytes and plan.streamed_bytes < streamed_with_estimate
+    _sample(comfy_nodes, model, pos, neg, cfg=3.0)  # cond and uncond may batch: ComfyUI's estimate decides
+    assert auto.reserve_bytes == batched and "measured" not in auto.reserve_reason
+    mm.unload_all_models()
+
+
 def test_a_card_smaller_than_the_minimum_still_runs_exactly(comfy_nodes, sd, card):
     import comfy.model_management as mm
 
