@@ -26,6 +26,7 @@ from .errors import DistorchError
 from .layout import BlockLayout, find_blocks, layout_block
 from .planner import PlacementPlan
 from .activation_peak import ActivationPeakProbe
+from .host_transfer import HostTransfers
 from .profile import BlockProfiler
 from .registry import REGISTRY
 from .schedule import SlotSchedule
@@ -227,13 +228,14 @@ class StreamingEngine:
 
     def _move_resident(self, device: torch.device) -> int:
         moved = 0
-        for name, tensor in self._resident_tensors():
-            if tensor.device != device:
-                # A block packed under an earlier plan keeps that copy (unpinned): going back to the host is a
-                # rebind, not a copy, and streaming it again later needs no repacking.
-                home = self._packed_home(name, device)
-                tensor.data = home if home is not None else tensor.data.to(device)  # keeps Parameter objects
-            moved += tensor.numel() * tensor.element_size()
+        with HostTransfers() as transfers:
+            for name, tensor in self._resident_tensors():
+                if tensor.device != device:
+                    # A block packed under an earlier plan keeps that copy (unpinned): going back to the host is
+                    # a rebind, not a copy, and streaming it again later needs no repacking.
+                    home = self._packed_home(name, device)
+                    tensor.data = home if home is not None else transfers.move(tensor.data, device)  # same Parameter
+                moved += tensor.numel() * tensor.element_size()
         return moved
 
     # -- arenas -------------------------------------------------------------------------------------
@@ -245,20 +247,21 @@ class StreamingEngine:
         yet (first load, a re-plan, or a tensor replaced while unloaded), in execution order. Each original
         storage is dropped as soon as it is copied, so the host never holds two copies. Returns bytes copied."""
         copied = 0
-        for block, layout in self._layouts.items():
-            store = self._store_of[block]
-            if store not in self._arenas:
-                self._arenas[store] = HostArena(store)
-            arena = self._arenas[store]
-            new_block = block not in arena
-            arena.add(layout)
-            for slot in layout.tensors:
-                tensor, home = _tensor_at(self.root, slot.name), arena.view(slot.name)
-                if tensor.data_ptr() != home.data_ptr() or tensor.device != home.device:
-                    home.copy_(tensor.data)
-                    tensor.data = home
-                    copied += 0 if new_block else slot.nbytes
-            copied += layout.nbytes if new_block else 0
+        with HostTransfers() as transfers:
+            for block, layout in self._layouts.items():
+                store = self._store_of[block]
+                if store not in self._arenas:
+                    self._arenas[store] = HostArena(store)
+                arena = self._arenas[store]
+                new_block = block not in arena
+                arena.add(layout)
+                for slot in layout.tensors:
+                    tensor, home = _tensor_at(self.root, slot.name), arena.view(slot.name)
+                    if tensor.data_ptr() != home.data_ptr() or tensor.device != home.device:
+                        transfers.copy_into(home, tensor.data)
+                        tensor.data = home
+                        copied += 0 if new_block else slot.nbytes
+                copied += layout.nbytes if new_block else 0
         return copied
 
     def _drop_unstreamed_packs(self) -> None:
