@@ -31,6 +31,9 @@
 #              "--comfyui-gguf /tmp/ComfyUI-GGUF" for the ComfyUI-GGUF baseline cases; GGUF_BENCH_TIMEOUT, default
 #              540 s). Run `gguf_models` in a call of its own first: writing the two models takes minutes.
 #   gguf_smoke bench/bench_gguf.py --tiny on the GPU: the GGUF harness end to end on the tiny GGUF Flux
+#   soak       tests/host/test_soak.py on a real server of SOAK_HOST (default 0.33.0) running on the GPU: the long
+#              run (DISTORCH_SOAK_PROMPTS, default 400, stopped after DISTORCH_SOAK_SECONDS, default 420; memory
+#              measured every DISTORCH_SOAK_MEASURE_EVERY cycles, default 4; SOAK_TIMEOUT, default 560 s). soak.log
 #
 # Wheels: if .whl/ holds any (py3.12 manylinux wheels of packages the machine lacks), they are installed
 # with --no-deps into /tmp/site first and put on PYTHONPATH. Results: JSON lines and logs under $OUT
@@ -258,6 +261,16 @@ part_gguf_smoke() {
   log "gguf_smoke rc=$? in $((SECONDS - t0)) s"
 }
 
+part_soak() {
+  local t0=$SECONDS host="${SOAK_HOST:-0.33.0}"
+  log "soak on ComfyUI $host (timeout ${SOAK_TIMEOUT:-560}s)"
+  DISTORCH_COMFY_ROOT="$ROOT/.host/comfyui-$host" DISTORCH_SOAK_PROMPTS="${DISTORCH_SOAK_PROMPTS:-400}" \
+    DISTORCH_SOAK_SECONDS="${DISTORCH_SOAK_SECONDS:-420}" DISTORCH_SOAK_MEASURE_EVERY="${DISTORCH_SOAK_MEASURE_EVERY:-4}" \
+    timeout "${SOAK_TIMEOUT:-560}" "$PY" -m pytest tests/host/test_soak.py -q -s -p no:cacheprovider \
+    -W ignore::pytest.PytestConfigWarning 2>&1 | tee "$OUT/soak.log" | grep -E '^\{"soak"|passed|failed|Error'
+  log "soak rc=${PIPESTATUS[0]} in $((SECONDS - t0)) s"
+}
+
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(tests bench)
 install_wheels || exit 1
@@ -280,9 +293,10 @@ for part in "${parts[@]}"; do
     gguf_models) part_gguf_models ;;
     gguf_bench) part_gguf_bench ;;
     gguf_smoke) part_gguf_smoke ;;
+    soak) part_soak ;;
     both) part_tests; part_bench ;;
     *) echo "unknown part: $part (inventory models tests bench smoke memkinds quant compare coexist gguf_tests" \
-            "gguf_models gguf_bench gguf_smoke both)" >&2; exit 2 ;;
+            "gguf_models gguf_bench gguf_smoke soak both)" >&2; exit 2 ;;
   esac
 done
 log "done: $(ls "$OUT" | tr '\n' ' ')"

@@ -3,8 +3,11 @@
 The prompts cycle through model switches (SD1.5 checkpoint streamed, SD3 and Flux diffusion models streamed),
 LoRA strength changes on the streamed Flux, interrupts (``POST /interrupt`` while a prompt runs), malformed
 inputs, a truncated safetensors file and ``POST /free``. ``DISTORCH_SOAK_PROMPTS`` sets how many (default 40, a
-CI-sized run; 400 on the GPU machine, where the compute device is cuda:0). Each cycle prints one JSON line of
-the server's host RSS, pinned bytes and VRAM.
+CI-sized run; 400 on the GPU machine, where the server runs without ``--cpu`` and the compute device is cuda:0).
+``DISTORCH_SOAK_SECONDS`` stops starting cycles after that long (the count run is in the last line) and
+``DISTORCH_SOAK_MEASURE_EVERY`` measures memory at rest every that many cycles (default 1), so a long run fits
+the GPU machine's per-command limit. Each measurement prints one JSON line of the server's host RSS, pinned
+bytes and VRAM.
 
 Memory is compared at rest: after ``POST /free`` (models unloaded, the execution cache dropped, then ComfyUI's
 own gc.collect), once RSS stops moving, and after the test probe asked glibc to hand its free memory back
@@ -29,12 +32,15 @@ from typing import Iterator
 
 import psutil
 import pytest
+import torch
 
 from comfy_server import ComfyServer, ServerError, execution_error, load_graph
 from conftest import PROBE_NODES, WORKFLOWS
 from test_routes import scrape
 
 PROMPTS = int(os.environ.get("DISTORCH_SOAK_PROMPTS", "40"))
+SECONDS = float(os.environ.get("DISTORCH_SOAK_SECONDS", "inf"))
+MEASURE_EVERY = max(int(os.environ.get("DISTORCH_SOAK_MEASURE_EVERY", "1")), 1)
 # Bounded caches fill during the first cycles: the registry keeps the last 20 prompts' telemetry for the web view
 # (7 streaming prompts a cycle), ComfyUI its execution cache. The baseline is taken once they are full.
 WARM_UP_CYCLES = 3
@@ -53,7 +59,7 @@ def soak_server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     source = models["sd15_tiny"].read_bytes()
     (extra / TRUNCATED).write_bytes(source[: len(source) // 2])  # a download cut in half
     with ComfyServer(log_path=work / "server.log", output_dir=work / "output", extra_models=work / "models",
-                     extra_custom_nodes=[PROBE_NODES], env=LIVE_MEMORY_MALLOC) as running:
+                     extra_custom_nodes=[PROBE_NODES], env=LIVE_MEMORY_MALLOC, gpu=torch.cuda.is_available()) as running:
         yield running
 
 
@@ -120,7 +126,7 @@ class Soak:
         self.interrupts += 1
         graph = self.sd15()
         graph["4"]["inputs"].update(width=256, height=256)
-        graph["5"]["inputs"]["steps"] = 200
+        graph["5"]["inputs"]["steps"] = 2000  # still running when the interrupt comes, on a GPU too
         prompt_id = self.server.queue_prompt(graph)
         _wait_running(self.server, prompt_id)
         urllib.request.urlopen(urllib.request.Request(self.server.url + "/interrupt", data=b"", method="POST"),
@@ -198,9 +204,12 @@ def test_a_long_run_of_prompts_keeps_the_server_up_and_gives_memory_back(soak_se
     base = at_rest(soak_server)
     print(json.dumps({"soak": "baseline", **base}), flush=True)
     started, warm_up, warm_up_interrupts = time.monotonic(), soak.count, soak.interrupts
-    while soak.count - warm_up < PROMPTS:
+    cycles = 0
+    while soak.count - warm_up < PROMPTS and time.monotonic() - started < SECONDS:
         soak.cycle()
-        print(json.dumps({"soak": "cycle", "prompts": soak.count - warm_up, **at_rest(soak_server)}), flush=True)
+        cycles += 1
+        if cycles % MEASURE_EVERY == 0:
+            print(json.dumps({"soak": "cycle", "prompts": soak.count - warm_up, **at_rest(soak_server)}), flush=True)
     end = at_rest(soak_server)
     summary = {"soak": "end", "prompts": soak.count - warm_up, "seconds": round(time.monotonic() - started, 1),
                **end, **{f"baseline_{k}": v for k, v in base.items()}}
