@@ -266,6 +266,7 @@ def place_on_device(obj: Any, device: torch.device) -> tuple[str, Any]:
         obj.device = device  # VAE.decode/encode move latents to vae.device themselves
         obj.patcher = retarget_patcher(obj.patcher, device)
         obj.first_stage_model = obj.patcher.model
+        _use_vae_dtype_of(obj, device)
         # obj.output_device stays ComfyUI's intermediate device: it is where the rest of the graph expects images.
     elif kind == "clip_vision":
         obj.load_device = device  # encode_image moves pixels to clip_vision.load_device
@@ -276,6 +277,20 @@ def place_on_device(obj: Any, device: torch.device) -> tuple[str, Any]:
     else:
         raise TypeError(f"cannot place a {type(obj).__name__} on a device: not a model ComfyUI loads")
     return kind, obj
+
+
+def _use_vae_dtype_of(vae: Any, device: torch.device) -> None:
+    """Give a VAE the dtype ComfyUI gives one built for ``device`` (VAE.__init__: ``vae_dtype(device, working
+    dtypes)``; fp32 on a CPU), and cast a classic patcher's weights to it as VAE.__init__ does (Dynamic VRAM casts
+    them at each op). The loader built it for the default GPU: on 0.33 a VAE moved to the CPU kept file-dtype
+    weights and was fed bf16 latents ("Input type BFloat16 and bias type float")."""
+    choose = getattr(importlib.import_module("comfy.model_management"), "vae_dtype", None)
+    working = getattr(vae, "working_dtypes", None)
+    if choose is None or not working:
+        return
+    vae.vae_dtype = choose(device, working)
+    if not is_dynamic_patcher(vae.patcher):
+        vae.first_stage_model.to(vae.vae_dtype)
 
 
 def _place_control_net(control: Any, device: torch.device) -> None:

@@ -49,6 +49,18 @@ def test_vae_placement_retargets_its_patcher_and_compute_device_but_not_its_outp
     assert vae.output_device == comfy.model_management.intermediate_device()
 
 
+def test_a_vae_moved_to_the_cpu_computes_in_the_dtype_comfyui_gives_a_cpu_vae(comfy_nodes, loaders) -> None:
+    import comfy.model_management as mm
+
+    (vae,) = _load(comfy_nodes, "VAELoader", vae_name="distorch-taef1.safetensors")
+    vae.vae_dtype = torch.bfloat16  # as built on a GPU server: latents cast to bf16, weights left as loaded
+    placed = loaders.comfy_adapter.place_on_device(vae, CPU)[1]
+    assert placed.vae_dtype == mm.vae_dtype(CPU, placed.working_dtypes) == torch.float32
+    assert {p.dtype for p in placed.first_stage_model.parameters()} == {torch.float32}
+    image = placed.decode(torch.zeros(1, 16, 8, 8))
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
+
+
 def test_clip_on_cpu_goes_through_the_core_loaders_own_cpu_path(comfy_nodes, loaders) -> None:
     (clip,) = _load(comfy_nodes, "CLIPLoaderDevice", clip_name="distorch-clip-l.safetensors",
                     type="stable_diffusion", device="cpu")
