@@ -102,7 +102,7 @@ class Soak:
     def run_ok(self, graph: dict) -> None:
         self.count += 1
         entry = self.server.run_prompt(graph)
-        assert entry["status"]["status_str"] == "success", execution_error(entry)
+        assert entry["status"]["status_str"] == "success", _describe(execution_error(entry))
 
     def run_failing(self, graph: dict, *expected: str) -> None:
         """A prompt that fails while running: its error names the loader node and what was wrong."""
@@ -150,6 +150,14 @@ class Soak:
         # ComfyUI 0.33 adds the file's path; 0.3.75 passes on safetensors' own words, without the path
         self.run_failing(self.sd15(ckpt_name=TRUNCATED), "incomplete")
         self.server.free()
+
+
+def _describe(error: dict | None) -> str:
+    """The failing node, ComfyUI's message and the end of its traceback."""
+    if error is None:
+        return "no execution_error message"
+    return (f"{error.get('node_type')}: {error.get('exception_type')}: {error.get('exception_message')}\n"
+            + "".join(error.get("traceback", [])[-6:]))
 
 
 def _wait_running(server: ComfyServer, prompt_id: str, timeout: float = 120) -> None:
