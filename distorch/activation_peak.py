@@ -1,11 +1,11 @@
 """How much memory one forward needs beside the weights: measured, so the automatic budget can keep exactly that free.
 
 ComfyUI sizes a forward's activations with a per-architecture formula meant to decide whether cond and uncond
-fit one batch; for Flux at 1024x1024 and one cond it asks for about four times what the forward allocates at its
-peak (H200: 2.02 GB kept free, 0.51 GB used). Every byte kept free needlessly is a byte streamed every step, so
-after a load the second forward (the first pays one-off allocations such as cuBLAS workspaces) is measured with
-the caching allocator's own counters: what is allocated as the forward starts, and the highest allocation
-during it. The counters move when work is enqueued, so no synchronisation is needed.
+fit one batch; for Flux at 1024x1024 and one cond the reserve built on it is four times what the forward
+allocates at its peak (H200: 2.02 GB kept free, 0.46 GB allocated). Every byte kept free needlessly is a byte
+streamed every step, so after a load the second forward (the first pays one-off allocations such as cuBLAS
+workspaces) is measured with the caching allocator's own counters: what is allocated as the forward starts,
+and the highest allocation during it. The counters move when work is enqueued, so no synchronisation is needed.
 
 torch keeps one peak counter per device; reading one forward's peak means resetting it as the forward starts.
 That is the only side effect (ComfyUI never reads the counter), and it happens once per load.

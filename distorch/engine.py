@@ -21,12 +21,12 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .activation_peak import ActivationPeakProbe
 from .arena import HostArena
 from .errors import DistorchError
+from .host_transfer import HostTransfers
 from .layout import BlockLayout, find_blocks, layout_block
 from .planner import PlacementPlan
-from .activation_peak import ActivationPeakProbe
-from .host_transfer import HostTransfers
 from .profile import BlockProfiler
 from .registry import REGISTRY
 from .schedule import SlotSchedule

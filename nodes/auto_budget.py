@@ -9,7 +9,7 @@ own minimum inference memory adds 0.8 GB more; on the H200 a Flux 1024x1024 run 
 reserve unused, and every GB kept resident is about 18 ms less to stream per step.)
 
 With one cond per forward there is no batching decision to keep room for, so once a forward of that shape was
-measured (distorch.activation_peak: 0.51 GB for Flux at 1024x1024 against an estimate-based reserve of 2.02 GB)
+measured (distorch.activation_peak: 0.46 GB for Flux at 1024x1024 against an estimate-based reserve of 2.02 GB)
 the reserve is the measured peak plus ComfyUI's reserved VRAM and a smaller margin. Until then, and whenever
 cond and uncond may share a forward, ComfyUI's estimate rules.
 """
