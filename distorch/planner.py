@@ -1,11 +1,16 @@
 """Which blocks stay on the compute device and which stream in from a store, and from which store.
 
-Placement matters as much as overlap (engine.md): with streamed blocks spread evenly through the
+Placement matters as much as overlap (engine.md): with streamed bytes following compute time through the
 execution order and a look-ahead of a few blocks, a forward costs about max(compute, bytes / bandwidth);
-with the streamed blocks bunched at the tail, nothing moves while the head computes. So the planner
-streams the FEWEST blocks that fit the budget, picks them evenly spaced in execution order (by block
-index, whatever their sizes, so the gap between two streamed blocks never differs by more than one
-block), and interleaves stores along the order in proportion to bandwidth so several links stay busy.
+with the streamed blocks bunched at the tail, nothing moves while the head computes. So the planner streams
+the fewest bytes that fit the budget, *paced*: walking the execution order, the bytes streamed so far stay
+within the share of compute time run so far. Compute per block comes from a measured forward when there is
+one; before that, every block is taken to cost the same (the blocks of a diffusion transformer run the same
+tokens through the same width: Flux's double blocks carry 2.4x the bytes of a single block for ~1.2x its
+compute). Where the link is the bottleneck anyway, pacing gains nothing and only its coarser byte steps
+would cost: an unmeasured plan then takes the even spread by block index when that streams fewer bytes by
+more than one smallest block. Stores are interleaved along the order in proportion to bandwidth so several
+links stay busy.
 Bandwidth is counted per path *group* (the bottleneck a path goes through, see distorch.topology): streamed
 bytes split across independent groups in proportion to their rates; stores sharing a group split its bytes
 but never add to its rate. The expected transfer per forward is the slowest group's bytes / rate.
@@ -18,6 +23,8 @@ from typing import Iterator, Sequence
 from .errors import BudgetError
 
 GB = 1e9
+MEASURED, EQUAL_COMPUTE, BY_INDEX = "measured", "equal compute", "index"
+MAX_PACED_TARGETS = 512
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,18 @@ class PlacementPlan:
     # The weight budget asked for when it was below the smallest plan that runs (the plan is that smallest
     # plan instead); None when the budget was met.
     raised_from_bytes: int | None = None
-    paced: bool = False  # streamed blocks chosen by measured compute time (else spread evenly by index)
+    # How the streamed blocks were chosen: "measured" (paced by a measured forward's compute per block),
+    # "equal compute" (paced by bytes, every block taken to cost the same) or "index" (spread evenly by index).
+    pacing: str = "index"
+
+    @property
+    def paced(self) -> bool:
+        """Streamed bytes follow MEASURED compute time."""
+        return self.pacing == MEASURED
+
+    def pacing_description(self) -> str:
+        return {MEASURED: "paced by measured compute", EQUAL_COMPUTE: "paced by bytes (equal compute per block "
+                "until a forward is measured)"}.get(self.pacing, "spread evenly by block index")
 
     @property
     def budget_raised(self) -> bool:
@@ -215,9 +233,9 @@ def plan_placement(
     activation_reserve_bytes: int = 0,
     block_seconds: Sequence[float] | None = None,
 ) -> PlacementPlan:
-    """Stream the fewest blocks so that resident + ring + reserve <= budget: spread evenly through the execution
-    order, or, given each block's measured compute time (``block_seconds``, from an earlier forward), paced so
-    that streamed bytes follow compute time (see :func:`paced_choice`)."""
+    """Stream the fewest bytes so that resident + ring + reserve <= budget, paced so that streamed bytes follow
+    compute time (see :func:`paced_choice`): each block's measured compute time (``block_seconds``, from an
+    earlier forward), else equal compute per block (or the even spread by index, see the module docstring)."""
     if ring_slots < 1:
         raise ValueError(f"ring_slots must be at least 1, got {ring_slots}")
     names = [name for name, _ in blocks]
@@ -227,13 +245,19 @@ def plan_placement(
     costs = list(block_seconds) if block_seconds is not None and len(block_seconds) == len(blocks) else None
 
     raised_from = None
-    fitting = _first_fitting(sizes, head, fixed, ring_slots, weight_budget_bytes, costs)
+    pacing = MEASURED if costs is not None else EQUAL_COMPUTE
+    fitting = _first_fitting(sizes, head, fixed, ring_slots, weight_budget_bytes, costs or [1.0] * len(sizes))
+    if costs is None:
+        even = _first_fitting(sizes, head, fixed, ring_slots, weight_budget_bytes)
+        if even is not None and (fitting is None or _bytes_of(sizes, fitting[1]) > _bytes_of(sizes, even[1])
+                                 + min(sizes[head:] or [0])):
+            fitting, pacing = even, BY_INDEX
     if fitting is None:
         # Never refused for being small: the smallest plan that runs is used instead, and the caller warns with
         # both numbers (plan.raised_message()).
         fitting = min(((_needed_bytes(sizes, chosen, fixed, ring_slots), chosen)
                        for chosen in _fallback_choices(len(blocks), head)), key=lambda option: option[0][0])
-        raised_from = weight_budget_bytes
+        raised_from, pacing = weight_budget_bytes, BY_INDEX
     (needed, slot_bytes, slots), chosen = fitting
 
     streamed_set = set(chosen)
@@ -251,8 +275,12 @@ def plan_placement(
         block_sizes=tuple(blocks),
         stores=tuple(stores),
         raised_from_bytes=raised_from,
-        paced=costs is not None,
+        pacing=pacing,
     )
+
+
+def _bytes_of(sizes: Sequence[int], chosen: Sequence[int]) -> int:
+    return sum(sizes[i] for i in chosen)
 
 
 def _head_count(keep_head_blocks: int, block_count: int) -> int:
@@ -303,12 +331,14 @@ def paced_choice(sizes: Sequence[int], seconds: Sequence[float], head: int, targ
 
 
 def _paced_choices(sizes: Sequence[int], seconds: Sequence[float], head: int) -> Iterator[list[int]]:
-    """Paced streamed sets for growing byte targets, a smallest block apart (fewest bytes first)."""
+    """Paced streamed sets for growing byte targets, a smallest block apart (fewest bytes first), at most
+    ``MAX_PACED_TARGETS`` of them (a UNet's smallest block is a few kB: the planner stays a few ms)."""
     candidates = sizes[head:]
     if not candidates:
         yield []
         return
-    step, total = max(min(candidates), 1), sum(candidates)
+    total = sum(candidates)
+    step = max(min(candidates), total // MAX_PACED_TARGETS, 1)
     for target in range(0, total + step, step):
         yield paced_choice(sizes, seconds, head, target)
     yield list(range(head, len(sizes)))

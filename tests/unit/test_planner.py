@@ -42,13 +42,43 @@ def test_streamed_blocks_are_spread_evenly_not_taken_from_the_tail():
     assert indices != list(range(20, 40))
 
 
-def test_spread_stays_even_with_unequal_block_sizes():
+def test_before_a_measurement_streamed_bytes_follow_the_block_count():
+    # Every block is taken to cost the same until a forward is measured: the share of streamed bytes never runs
+    # ahead of the share of blocks run (the even spread by index streamed ~2x the bytes through the doubles).
     blocks = [(f"double.{i}", 300) for i in range(19)] + [(f"single.{i}", 150) for i in range(38)]
     plan = plan_placement(blocks, 1000, "cuda:0", 7000, CPU)
-    indices = streamed_indices(plan)
-    gaps = [b - a for a, b in zip(indices, indices[1:])]
-    assert max(gaps) - min(gaps) <= 1
-    assert plan.slot_bytes == 300
+    chosen, sizes = streamed_indices(plan), [n for _, n in blocks]
+    assert plan.pacing == "equal compute" and not plan.paced
+    for upto in range(len(blocks) + 1):
+        assert _bytes_before(chosen, sizes, upto) <= (upto / len(blocks) + 0.02) * plan.streamed_bytes + 1e-9
+    assert plan.slot_bytes == 300 and plan.device_footprint_bytes <= 7000
+
+
+def test_before_a_measurement_flux_streams_fewer_double_blocks_than_an_even_spread():
+    blocks = [(f"b{i}", n) for i, n in enumerate(FLUX_SIZES)]
+    prior = plan_placement(blocks, 0, "cuda:0", 16_000, CPU, ring_slots=2)
+    doubles = sum(1 for name, _ in prior.streamed if int(name[1:]) < 19)
+    even_doubles = sum(1 for i in spread_evenly(len(prior.streamed), 56) if i + 1 < 19)
+    assert prior.pacing == "equal compute" and doubles < even_doubles
+
+
+def test_where_pacing_would_cost_bytes_the_unmeasured_plan_spreads_by_index():
+    # Nearly everything streams: the link is the bottleneck, and the even spread fits the budget with more than
+    # a smallest block fewer bytes than the paced choice.
+    blocks = [(f"b{i}", n) for i, n in enumerate(FLUX_SIZES)]
+    for budget in range(2_500, 23_000, 250):
+        plan = plan_placement(blocks, 100, "cuda:0", budget, CPU, ring_slots=2)
+        even = _even_plan_bytes(blocks, 100, budget)
+        assert plan.streamed_bytes <= even + 280, budget
+        assert plan.pacing in ("equal compute", "index")
+    assert plan_placement(blocks, 100, "cuda:0", 6_000, CPU, ring_slots=2).pacing == "index"
+
+
+def _even_plan_bytes(blocks, other, budget):
+    from distorch import planner
+    sizes = [n for _, n in blocks]
+    fitting = planner._first_fitting(sizes, 1, other, 2, budget)
+    return sum(sizes[i] for i in fitting[1])
 
 
 def test_spread_evenly_gaps_differ_by_at_most_one():
@@ -91,8 +121,10 @@ def test_the_head_block_streams_too_when_only_that_fits():
 
 def test_ring_has_the_requested_slots_each_the_size_of_the_largest_streamed_block():
     blocks = [(f"double.{i}", 300) for i in range(4)] + [(f"single.{i}", 100) for i in range(8)]
-    plan = plan_placement(blocks, 0, "cuda:0", 1900, CPU, ring_slots=2)
-    assert plan.ring_slots == 2 and plan.slot_bytes == 300
+    sizes = dict(blocks)
+    for budget in (1900, 1500, 1100):
+        plan = plan_placement(blocks, 0, "cuda:0", budget, CPU, ring_slots=2)
+        assert plan.ring_slots == 2 and plan.slot_bytes == max(sizes[name] for name in plan.streamed_names)
 
 
 def test_store_capacity_is_respected():
@@ -163,13 +195,12 @@ def test_paced_choice_streams_bytes_in_step_with_compute_time():
 
 
 def test_paced_choice_streams_fewer_big_cheap_blocks_than_an_even_spread():
-    even = plan_placement([(f"b{i}", n) for i, n in enumerate(FLUX_SIZES)], 0, "cuda:0", 16_000, CPU, ring_slots=2)
-    paced = plan_placement([(f"b{i}", n) for i, n in enumerate(FLUX_SIZES)], 0, "cuda:0", 16_000, CPU, ring_slots=2,
-                           block_seconds=FLUX_SECONDS)
-    doubles = lambda plan: sum(1 for name, _ in plan.streamed if int(name[1:]) < 19)  # noqa: E731
-    assert paced.paced and not even.paced
-    assert doubles(paced) < doubles(even)
-    assert paced.device_footprint_bytes <= 16_000 and abs(paced.streamed_bytes - even.streamed_bytes) <= 700
+    blocks = [(f"b{i}", n) for i, n in enumerate(FLUX_SIZES)]
+    paced = plan_placement(blocks, 0, "cuda:0", 16_000, CPU, ring_slots=2, block_seconds=FLUX_SECONDS)
+    even = [i for i in spread_evenly(len(paced.streamed), 56)]  # the same count spread by index (head kept)
+    assert paced.paced and paced.pacing == "measured"
+    assert sum(1 for name, _ in paced.streamed if int(name[1:]) < 19) < sum(1 for i in even if i + 1 < 19)
+    assert paced.device_footprint_bytes <= 16_000 and abs(paced.streamed_bytes - _even_plan_bytes(blocks, 0, 16_000)) <= 700
 
 
 def test_a_paced_plan_never_streams_more_than_an_even_spread_needs():
