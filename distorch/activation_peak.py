@@ -20,11 +20,14 @@ from torch import nn
 
 class ActivationPeakProbe:
     """Measures the ``skip_forwards + 1``-th forward of ``root`` on CUDA ``device``; :attr:`peak_bytes` is then the
-    most that forward allocated above what was allocated when it started (None until measured, or on a CPU)."""
+    most that forward allocated above what was allocated when it started (None until measured, or on a CPU), and
+    :attr:`batch` the leading size of that forward's first tensor argument (its batch: cond and uncond together
+    count twice), None when it had none."""
 
     def __init__(self, device: torch.device, root: nn.Module, skip_forwards: int = 1) -> None:
         self.device = device
         self.peak_bytes: int | None = None
+        self.batch: int | None = None
         self._skip = skip_forwards
         self._start: int | None = None
         self._handles: list[Any] = []
@@ -43,6 +46,8 @@ class ActivationPeakProbe:
             return
         self._start = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
+        first = args[0] if args else None
+        self.batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else None
 
     def _forward_finished(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._start is None:  # a skipped forward

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from .allocation import Allocation, parse_allocation, virtual_vram_bytes
 from .devices import canonical_device, require_device
 from .errors import AllocationError
-from .planner import PlacementPlan, StoreBudget, plan_placement
+from .planner import BY_INDEX, PlacementPlan, StoreBudget, plan_placement
 from .topology import Topology
 
 
@@ -165,20 +165,57 @@ def plan_auto(
                           activation_reserve_bytes=max(int(reserve_bytes), 0), block_seconds=block_seconds)
 
 
-def worth_replanning(current: PlacementPlan, candidate: PlacementPlan, free_bytes: int, model_bytes: int) -> bool:
+@dataclass(frozen=True)
+class ReplanCosts:
+    """Measured numbers that price a re-plan of a loaded model against what it saves in the run about to start."""
+
+    forward_compute_s: float  # one forward's compute, every block (a measured forward: distorch.profile)
+    forwards: int  # forwards the coming sampling run makes, at least (its steps)
+    stream_s_per_byte: float  # packing and page-locking a block that starts to stream (the first load's rate)
+    upload_s_per_byte: float  # uploading a block that becomes resident (the first load's rate)
+
+
+def replan_gain_seconds(current: PlacementPlan, candidate: PlacementPlan, costs: ReplanCosts) -> float | None:
+    """Seconds the coming run saves by switching plans now, its cost taken off: each forward costs
+    max(compute, transfer) (docs/physical-model.md), moving blocks costs their bytes at the measured rates.
+    None when a plan's transfer time is unknown (no measured bandwidth)."""
+    before, after = current.expected_transfer_seconds(), candidate.expected_transfer_seconds()
+    if before is None and current.streamed:
+        return None
+    if after is None and candidate.streamed:
+        return None
+    compute = costs.forward_compute_s
+    saved = costs.forwards * (max(compute, before or 0.0) - max(compute, after or 0.0))
+    sizes = dict(current.block_sizes)
+    was, now = set(current.streamed_names), set(candidate.streamed_names)
+    newly_streamed = sum(sizes.get(name, 0) for name in now - was)
+    newly_resident = sum(sizes.get(name, 0) for name in was - now)
+    return saved - newly_streamed * costs.stream_s_per_byte - newly_resident * costs.upload_s_per_byte
+
+
+def worth_replanning(current: PlacementPlan, candidate: PlacementPlan, free_bytes: int, model_bytes: int,
+                     costs: ReplanCosts | None = None) -> bool:
     """Whether an automatic plan should replace the loaded one (a re-plan moves weights: not for crumbs).
 
-    Yes when the current plan no longer fits what is free (its footprint + reserve over ``free_bytes``), or
-    when the candidate streams at least min(1 GB, 5% of the model) less or more than the current one."""
+    Yes when the current plan no longer fits what is free (its footprint + reserve over ``free_bytes``). Else,
+    with measured ``costs`` and a current plan already paced (by bytes or by measured compute), when the coming
+    run saves more than the move costs (:func:`replan_gain_seconds`). Without them: when the candidate is the
+    first plan paced by measured compute after an even spread by index, or streams at least min(1 GB, 5% of
+    the model) less or more than the current one."""
     if candidate.streamed == current.streamed:
         return False
-    if candidate.paced and not current.paced:
-        return True  # the first plan paced by measured compute: worth one move of weights
     if current.device_footprint_bytes + candidate.activation_reserve_bytes > free_bytes and not current.budget_raised:
         return True
+    if costs is not None and current.pacing != BY_INDEX:
+        gain = replan_gain_seconds(current, candidate, costs)
+        if gain is not None:
+            return gain > 0
+    if candidate.paced and not current.paced:
+        return True  # the first plan paced by measured compute: worth one move of weights
     threshold = min(10**9, max(model_bytes // 20, 1))
     return abs(candidate.streamed_bytes - current.streamed_bytes) >= threshold
 
 
 __all__ = ["AUTO", "StreamRequest", "apply_topology", "compute_shares", "parse_virtual_vram", "plan_auto",
-           "plan_request", "require_request_devices", "store_budgets", "worth_replanning"]
+           "plan_request", "replan_gain_seconds", "require_request_devices", "store_budgets", "worth_replanning",
+           "ReplanCosts"]

@@ -314,6 +314,10 @@ class StreamingEngine:
         when it started (its activations and scratch), or None before one was measured (or not on CUDA)."""
         return None if self._activation_probe is None else self._activation_probe.peak_bytes
 
+    def activation_peak_batch(self) -> int | None:
+        """The batch size of the forward :meth:`activation_peak_bytes` measured (None if unknown)."""
+        return None if self._activation_probe is None else self._activation_probe.batch
+
     def block_seconds(self) -> dict[str, float] | None:
         """Compute seconds of each block (execution order) in the latest measured forward, or None before one
         was measured. Reading CUDA timings waits for the device: call it where a synchronisation happens anyway

@@ -8,17 +8,22 @@ plan keeps free, and never less than the estimate plus ComfyUI's reserved VRAM a
 own minimum inference memory adds 0.8 GB more; on the H200 a Flux 1024x1024 run left about 1 GB of such a
 reserve unused, and every GB kept resident is about 18 ms less to stream per step.)
 
-With one cond per forward there is no batching decision to keep room for, so once a forward of that shape was
-measured (distorch.activation_peak: 0.46 GB for Flux at 1024x1024 against an estimate-based reserve of 2.02 GB)
-the reserve is the measured peak plus ComfyUI's reserved VRAM and a smaller margin. Until then, and whenever
-cond and uncond may share a forward, ComfyUI's estimate rules.
+Once a forward of the run's shape and batch was measured (distorch.activation_peak: 0.46 GB for Flux at
+1024x1024 and one cond against an estimate-based reserve of 2.02 GB; 0.92 GB for cond and uncond together
+against 3.20 GB) the reserve is the measured peak plus ComfyUI's reserved VRAM and a smaller margin. With one
+cond per forward there is no batching decision to keep room for. With cond and uncond, ComfyUI would split
+them on seeing less free memory than its estimate: where its calc_cond_batch asks the model's patcher how much
+is free (ComfyUI 0.33; comfy_adapter.batching_asks_the_patcher), the patcher adds what the estimate overstates
+the measured peak by (:attr:`AutoBudget.batch_credit_bytes`), so the batching rule compares the free memory
+with the measured need. Where it asks the memory manager directly (0.3.75), ComfyUI's estimate rules. Until a
+forward was measured, it rules everywhere.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..distorch.budget import StreamRequest
+from ..distorch.budget import ReplanCosts, StreamRequest
 from ..distorch.topology import Topology
 from . import comfy_adapter
 
@@ -44,15 +49,41 @@ class AutoBudget:
     extra_reserve_bytes: int = 0  # kept free beside the activations (a GGUF model's dequantization scratch)
     run: tuple[tuple[int, ...], int] | None = None  # (forward input shape, conds per forward) of the latest run
     measured_peaks: dict[tuple[tuple[int, ...], int], int] = field(default_factory=dict)  # per `run`, bytes
+    # Bytes the patcher adds to the free memory ComfyUI's batching rule sees (module docstring); 0 unless the
+    # coming run's batched forward was measured.
+    batch_credit_bytes: int = 0
+    run_steps: int | None = None  # sampling steps of the latest run (its sigmas), for pricing a re-plan
+    # Seconds per byte of the first full load: (packing + page-locking a streamed block, uploading a resident one).
+    move_rates: tuple[float, float] | None = None
+
+    def note_load(self, stats: Any) -> None:
+        """Keep the first full load's rates (``distorch.engine.LoadStats``): what moving a block costs."""
+        if self.move_rates is None and stats.packed_bytes > 0 and stats.resident_bytes > 0:
+            self.move_rates = ((stats.pack_s + stats.pin_s) / stats.packed_bytes, stats.resident_s / stats.resident_bytes)
+
+    def replan_costs(self) -> ReplanCosts | None:
+        """What a re-plan before the coming run is priced with; None until everything in it was measured."""
+        if self.block_seconds is None or self.move_rates is None or not self.run_steps:
+            return None
+        return ReplanCosts(sum(self.block_seconds), self.run_steps, *self.move_rates)
 
     def forget_measured_peaks(self) -> None:
         """A sampling run ran out of memory: plan with ComfyUI's estimate again."""
         self.measured_peaks.clear()
 
-    def note_activation_peak(self, peak_bytes: int | None) -> None:
-        """Keep the highest activation peak measured for the current run's forward shape."""
-        if peak_bytes is not None and self.run is not None:
-            self.measured_peaks[self.run] = max(peak_bytes, self.measured_peaks.get(self.run, 0))
+    def note_activation_peak(self, peak_bytes: int | None, batch: int | None = None) -> None:
+        """Keep the highest activation peak measured for a forward of the current run's shape, under the number
+        of conds that forward really ran (``batch`` / the shape's batch: ComfyUI may have split cond and
+        uncond); with ``batch`` unknown only a one-cond run's measurement is kept."""
+        if peak_bytes is None or self.run is None:
+            return
+        shape, entries = self.run
+        if batch is not None and shape and shape[0] > 0 and batch % shape[0] == 0:
+            entries = batch // shape[0]
+        elif entries != 1:
+            return
+        key = (shape, entries)
+        self.measured_peaks[key] = max(peak_bytes, self.measured_peaks.get(key, 0))
 
     def note_block_seconds(self, measured: dict[str, float] | None) -> None:
         """Keep a measured forward's compute per block, for pacing the next plan (distorch.profile)."""
@@ -84,8 +115,19 @@ def measured_reserve(peak_bytes: int) -> int:
     return int(peak_bytes * MEASURED_FACTOR) + comfy_adapter.reserved_vram() + MEASURED_MARGIN
 
 
-def note_sampling_run(auto: AutoBudget, model: Any, executor: Any, noise: Any) -> None:
+def batch_credit(model: Any, shape: list[int], entries: int, peak_bytes: int) -> int:
+    """How much ComfyUI's batching rule (its estimate x1.5 against free memory) overstates a batched forward
+    whose peak was measured: the patcher reports this much more free memory, so ComfyUI batches exactly when the
+    measured peak (plus 10%) fits in what is really free."""
+    need = comfy_adapter.activation_bytes(model, [shape[0] * entries, *shape[1:]])
+    if need is None:
+        return 0
+    return max(int(need * BATCH_MARGIN) - int(peak_bytes * MEASURED_FACTOR), 0)
+
+
+def note_sampling_run(auto: AutoBudget, model: Any, executor: Any, noise: Any, sigmas: Any = None) -> None:
     """Called as a sampling run starts, before its load: size the reserve for this run's forwards."""
+    auto.run_steps = max(len(sigmas) - 1, 0) if sigmas is not None and hasattr(sigmas, "__len__") else None
     found = comfy_adapter.forward_shape(executor, noise)
     if found is None:
         auto.run = None
@@ -93,11 +135,14 @@ def note_sampling_run(auto: AutoBudget, model: Any, executor: Any, noise: Any) -
     shape, entries = found
     auto.run = (tuple(shape), entries)
     described = f"{entries} cond(s) of a {'x'.join(map(str, shape))} latent in one forward"
-    peak = auto.measured_peaks.get(auto.run) if entries == 1 else None
-    if peak is not None:
+    auto.batch_credit_bytes = 0
+    peak = auto.measured_peaks.get(auto.run)
+    if peak is not None and (entries == 1 or comfy_adapter.batching_asks_the_patcher()):
         # A measured peak includes a GGUF model's dequantization scratch: no extra reserve beside it.
         auto.reserve_bytes = measured_reserve(peak)
         auto.reserve_reason = f"{described}, measured peak {peak / 1e9:.2f} GB"
+        if entries > 1:
+            auto.batch_credit_bytes = batch_credit(model, shape, entries, peak)
         return
     auto.reserve_bytes = reserve_for(model, shape, entries) + auto.extra_reserve_bytes
     auto.reserve_reason = described

@@ -155,6 +155,21 @@ def free_vram(device: torch.device) -> int:
     return int(model_management.get_free_memory(device))
 
 
+def batching_asks_the_patcher() -> bool:
+    """Whether ComfyUI's calc_cond_batch asks the sampled model's patcher how much memory is free before it
+    batches cond and uncond (``ModelPatcher.get_free_memory``, ComfyUI 0.33), rather than the memory manager
+    (0.3.75): only then can a patcher's answer (StreamingModelPatcher.get_free_memory) inform that decision."""
+    patcher = importlib.import_module("comfy.model_patcher").ModelPatcher
+    return callable(getattr(patcher, "get_free_memory", None))
+
+
+def free_memory_for_batching(patcher: Any, device: torch.device) -> int:
+    """ComfyUI's own answer for ``patcher``: ModelPatcher.get_free_memory where it exists (with Dynamic VRAM it adds
+    what other models' weights could give back), else the memory manager's free memory."""
+    own = getattr(importlib.import_module("comfy.model_patcher").ModelPatcher, "get_free_memory", None)
+    return int(own(patcher, device)) if callable(own) else free_vram(device)
+
+
 def reserved_vram() -> int:
     """The VRAM ComfyUI keeps reserved on top of everything (``--reserve-vram``; 400 MB on Linux by default)."""
     model_management = importlib.import_module("comfy.model_management")

@@ -94,6 +94,8 @@ SURFACE: tuple[Name, ...] = (
     Name(f"{MP}.clone", "a clone shares the engine", override=True),
     Name(f"{MP}.model_size", "tells the memory manager our device footprint", override=True),
     Name(f"{MP}.get_ram_usage", "host RAM for ComfyUI 0.3's RAM cache", override=True, optional=True),
+    Name(f"{MP}.get_free_memory", "what calc_cond_batch asks before batching conds (newer ComfyUI)",
+         call=(1, ()), override=True, optional=True),
     Name(f"{MP}.load", "hands placement to the engine", override=True),
     Name(f"{MP}.partially_load", "the memory manager's load entry", override=True),
     Name(f"{MP}.partially_unload", "a fixed plan gives back nothing partially", override=True),

@@ -121,6 +121,13 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         auto = self.distorch.auto
         return auto.model_bytes if auto is not None else self.distorch.plan.device_footprint_bytes
 
+    def get_free_memory(self, device) -> int:
+        """What ComfyUI 0.33's calc_cond_batch compares its activation estimate x1.5 with, to batch cond and
+        uncond: the free memory, plus what that estimate overstates this run's measured batched forward by
+        (nodes.auto_budget; 0 until such a forward was measured). Older ComfyUI never asks a patcher."""
+        auto = self.distorch.auto
+        return comfy_adapter.free_memory_for_batching(self, device) + (auto.batch_credit_bytes if auto else 0)
+
     def get_ram_usage(self) -> int:
         return comfy.model_management.module_size(self.model)
 
@@ -132,6 +139,8 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
             self.unpatch_hooks()
             if not engine.is_loaded:
                 engine.load(device_to)
+                if self.distorch.auto is not None:
+                    self.distorch.auto.note_load(engine.load_stats)
             self._apply_patches(device_to)
             self.model.device = device_to
             self.model.model_lowvram = False
@@ -189,7 +198,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         if candidate.streamed == state.plan.streamed:
             return
         if engine.is_loaded:
-            if not worth_replanning(state.plan, candidate, free, auto.model_bytes):
+            if not worth_replanning(state.plan, candidate, free, auto.model_bytes, auto.replan_costs()):
                 return
             # In place: only blocks that change role move. Patches come off first (a block that starts to
             # stream must be packed unpatched) and go back on at the load that follows.
@@ -205,7 +214,7 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
             state.plan = engine.plan
         log.info("[DisTorch] %s: compute on %s, automatic budget re-planned for %.2f GB free, %.2f GB kept for %s, "
                  "streamed blocks %s; %s\n%s", type(self.model).__name__, device, free / 1e9, auto.reserve_bytes / 1e9,
-                 auto.reserve_reason, "paced by measured compute" if candidate.paced else "spread evenly",
+                 auto.reserve_reason, candidate.pacing_description(),
                  comfy_adapter.memory_path_line(), candidate.table())
         if candidate.budget_raised:
             log.warning("[DisTorch] %s", candidate.raised_message())
@@ -278,7 +287,7 @@ def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):
     """Telemetry per prompt: reset before sampling, one console line and a registry record after it. With the
     automatic budget it also sizes the activation reserve for this run before ComfyUI loads the model."""
     if state.auto is not None and args:
-        note_sampling_run(state.auto, state.engine.root, executor, args[0])
+        note_sampling_run(state.auto, state.engine.root, executor, args[0], args[3] if len(args) > 3 else kwargs.get("sigmas"))
     state.engine.telemetry.summary()  # drop what earlier, unreported forwards left behind
     try:
         return executor(*args, **kwargs)
@@ -290,6 +299,6 @@ def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):
         stats = state.engine.telemetry.summary()
         if state.auto is not None:
             state.auto.note_block_seconds(state.engine.block_seconds())
-            state.auto.note_activation_peak(state.engine.activation_peak_bytes())
+            state.auto.note_activation_peak(state.engine.activation_peak_bytes(), state.engine.activation_peak_batch())
         REGISTRY.record_prompt_stats(stats.as_dict())
         log.info("[DisTorch] %s", stats.console_line())

@@ -138,8 +138,53 @@ def test_a_measured_activation_peak_sizes_the_reserve_of_single_cond_runs_only(c
     assert "measured peak" in auto.reserve_reason
     plan = model.distorch.plan  # the VRAM no longer kept free holds weights
     assert plan.activation_reserve_bytes == auto.reserve_bytes and plan.streamed_bytes < streamed_with_estimate
-    _sample(comfy_nodes, model, pos, neg, cfg=3.0)  # cond and uncond may batch: ComfyUI's estimate decides
+    _sample(comfy_nodes, model, pos, neg, cfg=3.0)  # cond and uncond may batch, and no such forward was measured
     assert auto.reserve_bytes == batched and "measured" not in auto.reserve_reason
+    mm.unload_all_models()
+
+
+def test_a_measured_batched_forward_sizes_the_reserve_where_comfyui_asks_the_patcher(
+        comfy_nodes, sd, card, adapter, monkeypatch):
+    """ComfyUI batches cond and uncond when its estimate x1.5 is below the free memory. Where it asks the model's
+    patcher (0.33), the patcher answers with what the estimate overstates a measured batched forward by, so a
+    reserve sized from the measurement still gets one batched forward per step; where it asks the memory manager
+    (0.3.75), the estimate keeps ruling the reserve."""
+    import comfy.model_management as mm
+
+    auto_budget = sys.modules[adapter.__name__.rpartition(".")[0] + ".auto_budget"]
+    base, pos, neg = sd
+    model = card.model = _auto_model(comfy_nodes)
+    auto = model.distorch.auto
+    one_batch = _sample(comfy_nodes, base, pos, neg, cfg=3.0)
+    _sample(comfy_nodes, model, pos, neg, cfg=3.0)
+    batched = auto.reserve_bytes
+    need = adapter.activation_bytes(model.model, [2, 4, 8, 8])
+    # Free memory as ComfyUI sees it: just too little for its estimate x1.5, plenty for the measured peak.
+    real_free_memory = mm.get_free_memory
+
+    def free_memory(dev=None, torch_free_too=False):  # attention's chunking (torch_free_too) sees the real value
+        return real_free_memory(dev, True) if torch_free_too else int(need * 1.5) - 1
+    monkeypatch.setattr(mm, "get_free_memory", free_memory)
+    split = _sample(comfy_nodes, base, pos, neg, cfg=3.0)  # a core patcher: its batch is split now
+    batches = []
+    hook = model.model.diffusion_model.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        assert torch.equal(_sample(comfy_nodes, model, pos, neg, cfg=3.0), split)
+        assert batches == [1, 1, 1, 1]  # nothing measured: ComfyUI splits cond and uncond
+        auto.note_activation_peak(need // 4, batch=1)  # a split forward's peak says nothing about a batch of 2
+        assert (((1, 4, 8, 8), 2)) not in auto.measured_peaks
+        auto.note_activation_peak(need // 4, batch=2)
+        batches.clear()
+        latents = _sample(comfy_nodes, model, pos, neg, cfg=3.0)
+    finally:
+        hook.remove()
+    if adapter.batching_asks_the_patcher():
+        assert auto.reserve_bytes == auto_budget.measured_reserve(need // 4) < batched
+        assert auto.batch_credit_bytes == int(need * 1.5) - int(need // 4 * 1.1)
+        assert batches == [2, 2] and torch.equal(latents, one_batch)  # one batched forward per step
+    else:
+        assert auto.reserve_bytes == batched and auto.batch_credit_bytes == 0
+        assert batches == [1, 1, 1, 1] and torch.equal(latents, split)
     mm.unload_all_models()
 
 

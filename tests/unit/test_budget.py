@@ -127,3 +127,47 @@ def test_a_replan_happens_when_the_plan_no_longer_fits_or_moves_a_lot_of_weights
     assert not worth_replanning(current, auto(free_gb=16.5, reserve_gb=3), int(16.5 * GB), model_bytes)
     assert worth_replanning(current, auto(free_gb=20, reserve_gb=3), 20 * GB, model_bytes)
     assert worth_replanning(current, auto(free_gb=12, reserve_gb=3), 12 * GB, model_bytes)
+
+
+# --- a re-plan is priced: what the coming run saves against what moving the blocks costs ------------------------
+from distorch.budget import ReplanCosts, replan_gain_seconds  # noqa: E402
+from distorch.planner import StoreBudget, plan_placement  # noqa: E402
+
+LINK = [StoreBudget("cpu", bandwidth_gbps=50.0)]  # 1 GB streamed = 20 ms a forward
+
+
+def linked(budget_gb: float, seconds=None):
+    return plan_placement(BLOCKS, OTHER, "cuda:0", int(budget_gb * GB), LINK, ring_slots=2, block_seconds=seconds)
+
+
+def costs(compute_s: float, forwards: int = 20) -> ReplanCosts:
+    return ReplanCosts(compute_s, forwards, stream_s_per_byte=1 / (10 * GB), upload_s_per_byte=1 / (20 * GB))
+
+
+def test_the_gain_of_a_replan_is_the_run_s_transfer_saved_minus_the_blocks_moved():
+    current, candidate = linked(12), linked(15)  # 3 blocks more resident: 60 ms less to stream per forward
+    saved_per_forward = current.expected_transfer_seconds() - candidate.expected_transfer_seconds()
+    was, now = set(current.streamed_names), set(candidate.streamed_names)  # the spread moves some blocks too
+    moves = len(now - was) * GB / (10 * GB) + len(was - now) * GB / (20 * GB)
+    gain = replan_gain_seconds(current, candidate, costs(compute_s=0.01, forwards=20))
+    assert saved_per_forward == pytest.approx(0.06) and len(was - now) == len(now - was) + 3
+    assert gain == pytest.approx(20 * saved_per_forward - moves)
+
+
+def test_a_replan_that_saves_nothing_while_compute_dominates_is_not_made():
+    current, candidate = linked(12), linked(15)  # 0.22 s and 0.16 s of transfer per forward
+    assert worth_replanning(current, candidate, 15 * GB, 21 * GB, costs(compute_s=0.05))
+    assert not worth_replanning(current, candidate, 15 * GB, 21 * GB, costs(compute_s=0.5))  # hidden under compute
+    assert not worth_replanning(current, candidate, 15 * GB, 21 * GB, costs(compute_s=0.05, forwards=1))
+
+
+def test_a_plan_that_no_longer_fits_is_replaced_whatever_it_costs():
+    current, candidate = linked(15), linked(12)
+    assert worth_replanning(current, candidate, 12 * GB, 21 * GB, costs(compute_s=10.0, forwards=1))
+
+
+def test_without_a_measured_link_the_byte_threshold_decides():
+    current = plan_placement(BLOCKS, OTHER, "cuda:0", 12 * GB, [StoreBudget("cpu")], ring_slots=2)
+    candidate = plan_placement(BLOCKS, OTHER, "cuda:0", 15 * GB, [StoreBudget("cpu")], ring_slots=2)
+    assert replan_gain_seconds(current, candidate, costs(compute_s=0.5)) is None
+    assert worth_replanning(current, candidate, 15 * GB, 21 * GB, costs(compute_s=0.5))
