@@ -105,7 +105,9 @@ def plan_fields(patcher: Any) -> dict[str, Any]:
                      "resident_bytes": plan.resident_bytes, "ring_bytes": plan.ring_bytes,
                      "activation_reserve_bytes": plan.activation_reserve_bytes, "budget_raised": plan.budget_raised,
                      "auto_reserve_reason": auto.reserve_reason if auto is not None else None,
-                     "measured_activation_peak_bytes": state.engine.activation_peak_bytes()},
+                     "measured_activation_peak_bytes": state.engine.activation_peak_bytes(),
+                     "measured_peak_batch": state.engine.activation_peak_batch(), "pacing": plan.pacing,
+                     "batch_credit_bytes": auto.batch_credit_bytes if auto is not None else 0},
             "engine_load": state.engine.load_stats.as_dict(),
             "plan_table": plan.table()}
 
