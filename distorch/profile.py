@@ -7,6 +7,11 @@ hide (distorch.planner.paced_choice). It is measured on the second forward after
 one-off costs), with marks on the compute stream at every block's pre- and post-hook, registered after the
 streamer's hooks, so a streamed block's wait for its copy is not counted. The marks are read when the caller
 asks for the result (after a device synchronisation it does anyway, at the end of a prompt).
+
+No hook removes a hook: a forward that raises (an interrupted prompt) makes torch walk the module's hook dict
+itself to run the ``always_call`` hooks, and a removal in there breaks that walk ("OrderedDict mutated during
+iteration", replacing the user's interrupt; seen on CUDA, where the activation probe's hook follows ours on the
+forward root). Hooks only set flags; the handles go in :meth:`result` and :meth:`close`, called outside forwards.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ class BlockProfiler:
         self._handles: list[Any] = []
         self._skip = skip_forwards
         self._end_handle = None
+        self._armed = False
+        self._done = False  # the measured forward ran to its end: every hook is a no-op from then on
         if not self.blocks:
             return
         if skip_forwards <= 0:
@@ -37,16 +44,17 @@ class BlockProfiler:
 
     @property
     def measuring(self) -> bool:
-        return bool(self._handles)
+        return self._armed and not self._done
 
     def _forward_finished(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._armed:
+            return
         self._skip -= 1
-        if self._skip <= 0 and not self._handles and not self._marks:
-            self._end_handle.remove()
-            self._end_handle = None
+        if self._skip <= 0:
             self._arm()
 
     def _arm(self) -> None:
+        self._armed = True
         for name, block in self.blocks:
             self._handles.append(block.register_forward_pre_hook(self._mark(name, 0)))
             self._handles.append(block.register_forward_hook(self._mark(name, 1), always_call=True))
@@ -57,17 +65,19 @@ class BlockProfiler:
         first = self.blocks[0][0]
 
         def hook(module: nn.Module, *_: Any) -> None:
+            if self._done:
+                return
             if which == 0 and name == first:
                 self._marks.clear()  # a forward cut short before: start over
             marks = self._marks.setdefault(name, [None, None])
             if marks[which] is None:
                 marks[which] = self.timer.mark()
             if which == 1 and name == last:
-                self._stop_marking()
+                self._done = True
 
         return hook
 
-    def _stop_marking(self) -> None:
+    def _release(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -78,12 +88,13 @@ class BlockProfiler:
     def result(self) -> dict[str, float] | None:
         """Seconds per block of the measured forward, or None until one forward was measured in full (reading
         CUDA marks needs the work to be done: call after a device synchronisation)."""
-        if self._handles or len(self._marks) != len(self.blocks):
+        if not self._done or len(self._marks) != len(self.blocks):
             return None
         if any(start is None or end is None for start, end in self._marks.values()):
             return None
+        self._release()
         return {name: max(self.timer.seconds(start, end), 0.0) for name, (start, end) in self._marks.items()}
 
     def close(self) -> None:
-        """Remove every hook (an unload before the measured forward finished)."""
-        self._stop_marking()
+        """Remove every hook (an unload before the measured forward finished); outside a forward only."""
+        self._release()
