@@ -301,8 +301,8 @@ def _use_vae_dtype_of(vae: Any, device: torch.device) -> None:
     weights and was fed bf16 latents ("Input type BFloat16 and bias type float")."""
     choose = getattr(importlib.import_module("comfy.model_management"), "vae_dtype", None)
     working = getattr(vae, "working_dtypes", None)
-    if choose is None or not working:
-        return
+    if choose is None or not working or device.type == "meta":
+        return  # meta computes nothing; ComfyUI's rules would ask the CUDA driver about it (and fail on a GPU)
     vae.vae_dtype = choose(device, working)
     if not is_dynamic_patcher(vae.patcher):
         vae.first_stage_model.to(vae.vae_dtype)
