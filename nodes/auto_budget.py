@@ -58,8 +58,10 @@ class AutoBudget:
 
     def note_load(self, stats: Any) -> None:
         """Keep the first full load's rates (``distorch.engine.LoadStats``): what moving a block costs."""
-        if self.move_rates is None and stats.packed_bytes > 0 and stats.resident_bytes > 0:
-            self.move_rates = ((stats.pack_s + stats.pin_s) / stats.packed_bytes, stats.resident_s / stats.resident_bytes)
+        if self.move_rates is None and stats.packed_bytes > 0 and stats.pinned_bytes > 0 and stats.resident_bytes > 0:
+            # Packing covered the newly packed bytes, page-locking every streamed byte: two rates, added.
+            self.move_rates = (stats.pack_s / stats.packed_bytes + stats.pin_s / stats.pinned_bytes,
+                               stats.resident_s / stats.resident_bytes)
 
     def replan_costs(self) -> ReplanCosts | None:
         """What a re-plan before the coming run is priced with; None until everything in it was measured."""

@@ -197,3 +197,26 @@ def test_a_card_smaller_than_the_minimum_still_runs_exactly(comfy_nodes, sd, car
     assert torch.equal(_sample(comfy_nodes, model, pos, neg, cfg=3.0), _sample(comfy_nodes, base, pos, neg, cfg=3.0))
     assert model.distorch.plan.budget_raised
     mm.unload_all_models()
+
+
+def test_a_replan_is_priced_with_the_first_full_load_s_measured_rates(comfy_nodes, sd, card, adapter):
+    import types
+
+    import comfy.model_management as mm
+
+    _, pos, neg = sd
+    model = card.model = _auto_model(comfy_nodes)
+    auto = model.distorch.auto
+    _sample(comfy_nodes, model, pos, neg, cfg=3.0)
+    assert auto.run_steps == 2 and auto.block_seconds is not None  # from the run's sigmas and its measured forward
+    auto.move_rates = None
+    auto.note_load(types.SimpleNamespace(pack_s=1.0, packed_bytes=10**9, pin_s=0.5, pinned_bytes=2 * 10**9,
+                                         resident_s=0.2, resident_bytes=4 * 10**9))
+    costs = auto.replan_costs()
+    assert costs.stream_s_per_byte == 1.0 / 10**9 + 0.5 / (2 * 10**9)  # packing the new bytes, pinning them all
+    assert costs.upload_s_per_byte == 0.2 / (4 * 10**9)
+    assert costs.forwards == 2 and costs.forward_compute_s == sum(auto.block_seconds)
+    auto.note_load(types.SimpleNamespace(pack_s=9.0, packed_bytes=1, pin_s=9.0, pinned_bytes=1, resident_s=9.0,
+                                         resident_bytes=1))
+    assert auto.replan_costs() == costs  # the first full load's rates are kept
+    mm.unload_all_models()
