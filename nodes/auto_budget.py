@@ -16,7 +16,8 @@ them on seeing less free memory than its estimate: where its calc_cond_batch ask
 is free (ComfyUI 0.33; comfy_adapter.batching_asks_the_patcher), the patcher adds what the estimate overstates
 the measured peak by (:attr:`AutoBudget.batch_credit_bytes`), so the batching rule compares the free memory
 with the measured need. Where it asks the memory manager directly (0.3.75), ComfyUI's estimate rules. Until a
-forward was measured, it rules everywhere.
+forward was measured, and in runs whose conds bring models of their own (ControlNets: loaded beside the model,
+run beside its forward), it rules everywhere.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class AutoBudget:
     # coming run's batched forward was measured.
     batch_credit_bytes: int = 0
     run_steps: int | None = None  # sampling steps of the latest run (its sigmas), for pricing a re-plan
+    run_brings_models: bool = False  # the latest run loads ControlNets etc. beside the model: measurements skipped
     # Seconds per byte of the first full load: (packing + page-locking a streamed block, uploading a resident one).
     move_rates: tuple[float, float] | None = None
 
@@ -77,7 +79,7 @@ class AutoBudget:
         """Keep the highest activation peak measured for a forward of the current run's shape, under the number
         of conds that forward really ran (``batch`` / the shape's batch: ComfyUI may have split cond and
         uncond); with ``batch`` unknown only a one-cond run's measurement is kept."""
-        if peak_bytes is None or self.run is None:
+        if peak_bytes is None or self.run is None or self.run_brings_models:
             return
         shape, entries = self.run
         if batch is not None and shape and shape[0] > 0 and batch % shape[0] == 0:
@@ -138,7 +140,10 @@ def note_sampling_run(auto: AutoBudget, model: Any, executor: Any, noise: Any, s
     auto.run = (tuple(shape), entries)
     described = f"{entries} cond(s) of a {'x'.join(map(str, shape))} latent in one forward"
     auto.batch_credit_bytes = 0
-    peak = auto.measured_peaks.get(auto.run)
+    # A run with ControlNets (or other models in its conds) keeps ComfyUI's estimate: they load beside the model
+    # and run beside its forward, which was measured without them.
+    auto.run_brings_models = comfy_adapter.run_brings_models(executor)
+    peak = None if auto.run_brings_models else auto.measured_peaks.get(auto.run)
     if peak is not None and (entries == 1 or comfy_adapter.batching_asks_the_patcher()):
         # A measured peak includes a GGUF model's dequantization scratch: no extra reserve beside it.
         auto.reserve_bytes = measured_reserve(peak)

@@ -192,6 +192,21 @@ def forward_shape(executor: Any, noise: Any) -> tuple[list[int], int] | None:
     return shape, max(entries, 1)
 
 
+EXTRA_MODEL_KEYS = ("control", "gligen", "additional_models")  # cond entries ComfyUI loads models from
+
+
+def run_brings_models(executor: Any) -> bool:
+    """Whether the sampling run an OUTER_SAMPLE wrapper is about to execute brings models of its own in its conds
+    (ControlNets, GLIGEN...: comfy.sampler_helpers.get_additional_models). ComfyUI loads them beside the model,
+    and a forward measured without them says nothing about the memory a run with them needs."""
+    guider = getattr(executor, "class_obj", None)
+    conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", None)
+    if not isinstance(conds, dict):
+        return False
+    return any(isinstance(entry, dict) and entry.get(key) is not None
+               for entries in conds.values() for entry in (entries or ()) for key in EXTRA_MODEL_KEYS)
+
+
 def activation_bytes(model: Any, shape: list[int]) -> int | None:
     """ComfyUI's own estimate of a forward's activation memory for an input of ``shape``; None if the model has
     no estimate."""

@@ -89,6 +89,7 @@ SURFACE: tuple[Name, ...] = (
     Name("comfy.samplers.CFGGuider#cfg", "cfg 1 skips the uncond forward"),
     Name("comfy.samplers.CFGGuider#original_conds", "how many conds share one forward"),
     Name("comfy.samplers.CFGGuider#model_options", "disable_cfg1_optimization"),
+    Name("comfy.sampler_helpers.get_additional_models", "the cond keys a run's own models come from (ControlNets...)"),
     # --- the ModelPatcher base of StreamingModelPatcher ----------------------------------------------------
     Name(MP, "base class of StreamingModelPatcher", call=(3, ("weight_inplace_update",))),
     Name(f"{MP}.clone", "a clone shares the engine", override=True),

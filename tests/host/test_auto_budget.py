@@ -220,3 +220,32 @@ def test_a_replan_is_priced_with_the_first_full_load_s_measured_rates(comfy_node
                                          resident_bytes=1))
     assert auto.replan_costs() == costs  # the first full load's rates are kept
     mm.unload_all_models()
+
+
+def test_a_run_that_brings_a_controlnet_keeps_comfyui_s_estimate(comfy_nodes, sd, card, adapter):
+    """A ControlNet (any model in the conds) loads beside the model and runs beside its forward: a peak measured
+    without it neither sizes that run's reserve nor is recorded from it."""
+    import types
+
+    import comfy.model_management as mm
+
+    auto_budget = sys.modules[adapter.__name__.rpartition(".")[0] + ".auto_budget"]
+    _, pos, neg = sd
+    model = card.model = _auto_model(comfy_nodes)
+    auto = model.distorch.auto
+    _sample(comfy_nodes, model, pos, neg, cfg=1.0)
+    estimated = auto.reserve_bytes
+    auto.note_activation_peak(3 * 2**20)
+    noise = torch.zeros(1, 4, 8, 8)
+
+    def run(conds):
+        guider = types.SimpleNamespace(conds=conds, cfg=1.0, model_options={})
+        auto_budget.note_sampling_run(auto, model.model, types.SimpleNamespace(class_obj=guider), noise)
+
+    run({"positive": [{"model_conds": {}}], "negative": [{}]})
+    assert auto.reserve_bytes == auto_budget.measured_reserve(3 * 2**20) and not auto.run_brings_models
+    run({"positive": [{"model_conds": {}, "control": object()}], "negative": [{}]})
+    assert auto.run_brings_models and auto.reserve_bytes == estimated
+    auto.note_activation_peak(2**40)
+    assert auto.measured_peaks[((1, 4, 8, 8), 1)] == 3 * 2**20  # nothing recorded from a run with a ControlNet
+    mm.unload_all_models()
