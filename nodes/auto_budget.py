@@ -32,6 +32,7 @@ BATCH_MARGIN = 1.5  # calc_cond_batch: memory_required(batch) * 1.5 < free memor
 ACTIVATION_MARGIN = 512 * 2**20  # beside ComfyUI's estimate and reserve: allocator slack, cuBLAS workspaces
 MEASURED_FACTOR = 1.1  # a measured peak, plus 10%: allocator rounding, a few more kernels' scratch
 MEASURED_MARGIN = 256 * 2**20  # beside a measured peak and ComfyUI's reserve: tensors the sampler keeps between forwards
+SAMPLER_MARGIN = 256 * 2**20  # beside ComfyUI's batching estimate x1.5: what the sampler allocates before it checks
 DEFAULT_LATENT_SIDE = 128  # a 1024x1024 image, until a sampling run says otherwise
 
 
@@ -96,12 +97,16 @@ class AutoBudget:
 
 
 def reserve_for(model: Any, shape: list[int], entries: int) -> int:
-    """VRAM to keep free so that ``entries`` conds of a forward input of ``shape`` run as one batch."""
+    """VRAM to keep free so that ``entries`` conds of a forward input of ``shape`` run as one batch: ComfyUI's
+    estimate x1.5 must still be free when calc_cond_batch checks, after the sampler has put its latents, conds
+    and noise on the device (SAMPLER_MARGIN; without it the H200's first Flux prompt at cfg 3.5 split cond and
+    uncond whenever the plan happened to fill the reserve to within a few MB)."""
     batched = [shape[0] * entries, *shape[1:]]
     need = comfy_adapter.activation_bytes(model, batched)
     if need is None:
         return 0
-    return max(int(need * BATCH_MARGIN), need + comfy_adapter.reserved_vram() + ACTIVATION_MARGIN)
+    batching = int(need * BATCH_MARGIN) + (SAMPLER_MARGIN if entries > 1 else 0)
+    return max(batching, need + comfy_adapter.reserved_vram() + ACTIVATION_MARGIN)
 
 
 def default_reserve(model: Any) -> int:

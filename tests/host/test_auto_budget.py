@@ -249,3 +249,40 @@ def test_a_run_that_brings_a_controlnet_keeps_comfyui_s_estimate(comfy_nodes, sd
     auto.note_activation_peak(2**40)
     assert auto.measured_peaks[((1, 4, 8, 8), 1)] == 3 * 2**20  # nothing recorded from a run with a ControlNet
     mm.unload_all_models()
+
+
+def test_the_first_prompt_keeps_cond_and_uncond_batched_after_the_sampler_s_own_tensors(
+        comfy_nodes, sd, card, adapter, monkeypatch):
+    """ComfyUI checks its estimate x1.5 against the free memory only after the sampler has put latents, conds and
+    noise on the device. The plan must leave room for those too, or a plan that fills the reserve exactly splits
+    cond and uncond (seen on the H200: Flux at 1024x1024, cfg 3.5, 16 GiB free, the model's first prompt)."""
+    import comfy.model_management as mm
+
+    auto_budget = sys.modules[adapter.__name__.rpartition(".")[0] + ".auto_budget"]
+    base, pos, neg = sd
+    one_batch = _sample(comfy_nodes, base, pos, neg, cfg=3.0)
+    model = card.model = _auto_model(comfy_nodes)
+    auto = model.distorch.auto
+    # An estimate big enough that ComfyUI's x1.5 rule, not the reserved-VRAM floor, sizes the reserve (as for
+    # Flux at 1024x1024: 2.1 GB for cond and uncond).
+    need = 3 * 10**9
+    monkeypatch.setattr(model.model, "memory_required", lambda shape, cond_shapes=None: need * shape[0] / 2)
+    # A card that holds the estimate x1.5, the sampler's margin and a third of the model: the plan fills it to the
+    # byte, and the sampler's own tensors must still leave ComfyUI's estimate x1.5 free.
+    card.free = auto.other_bytes + int(need * 1.5) + auto_budget.SAMPLER_MARGIN + auto.model_bytes // 3
+    real_free_memory = mm.get_free_memory
+    sampler_tensors = 8 * 2**20
+
+    def free_memory(dev=None, torch_free_too=False):  # the card, minus what the sampler put on it
+        return real_free_memory(dev, True) if torch_free_too else card.driver_free(dev) - sampler_tensors
+    monkeypatch.setattr(mm, "get_free_memory", free_memory)
+    batches = []
+    hook = model.model.diffusion_model.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        latents = _sample(comfy_nodes, model, pos, neg, cfg=3.0)
+    finally:
+        hook.remove()
+    plan = model.distorch.plan
+    assert plan.streamed and not plan.budget_raised  # a small card: the plan fills it up to the reserve
+    assert batches == [2, 2] and torch.equal(latents, one_batch)
+    mm.unload_all_models()
