@@ -287,7 +287,8 @@ def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):
     """Telemetry per prompt: reset before sampling, one console line and a registry record after it. With the
     automatic budget it also sizes the activation reserve for this run before ComfyUI loads the model."""
     if state.auto is not None and args:
-        note_sampling_run(state.auto, state.engine.root, executor, args[0], args[3] if len(args) > 3 else kwargs.get("sigmas"))
+        sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")  # outer_sample(noise, latent, sampler, sigmas...)
+        note_sampling_run(state.auto, state.engine.root, executor, args[0], sigmas)
     state.engine.telemetry.summary()  # drop what earlier, unreported forwards left behind
     try:
         return executor(*args, **kwargs)
