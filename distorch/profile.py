@@ -11,7 +11,9 @@ asks for the result (after a device synchronisation it does anyway, at the end o
 No hook removes a hook: a forward that raises (an interrupted prompt) makes torch walk the module's hook dict
 itself to run the ``always_call`` hooks, and a removal in there breaks that walk ("OrderedDict mutated during
 iteration", replacing the user's interrupt; seen on CUDA, where the activation probe's hook follows ours on the
-forward root). Hooks only set flags; the handles go in :meth:`result` and :meth:`close`, called outside forwards.
+forward root). Hooks only set flags; the handles go at the start of the next forward (the first block's
+pre-hooks run from a copy of their dict, so removing hooks there is safe), or in :meth:`result` and :meth:`close`,
+called outside forwards, whichever comes first: no hook of ours stays on the per-forward path after its forward.
 """
 from __future__ import annotations
 
@@ -66,6 +68,8 @@ class BlockProfiler:
 
         def hook(module: nn.Module, *_: Any) -> None:
             if self._done:
+                if which == 0 and name == first:
+                    self._release()  # the forward after the measured one starts: a safe place to go
                 return
             if which == 0 and name == first:
                 self._marks.clear()  # a forward cut short before: start over

@@ -59,3 +59,12 @@ def test_close_before_the_measured_forward_removes_every_hook():
     root(torch.ones(1, 4))
     profiler.close()
     assert not root._forward_hooks and all(not b._forward_hooks and not b._forward_pre_hooks for _, b in blocks)
+
+
+def test_no_hook_of_ours_stays_on_the_forward_path_after_the_measured_forward():
+    root, blocks = _model()
+    profiler = BlockProfiler(blocks, WallTimer(), root)
+    for _ in range(3):  # skipped, measured, and the next one, which starts by removing every hook
+        root(torch.ones(1, 4))
+    assert not root._forward_hooks and all(not b._forward_hooks and not b._forward_pre_hooks for _, b in blocks)
+    assert profiler.result() is not None
