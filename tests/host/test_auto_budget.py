@@ -27,6 +27,11 @@ def adapter(comfy_nodes):
 
 
 @pytest.fixture(scope="module")
+def auto_budget(adapter):
+    return sys.modules[adapter.__name__.rpartition(".")[0] + ".auto_budget"]
+
+
+@pytest.fixture(scope="module")
 def sd(comfy_nodes):
     model, clip, _ = _node(comfy_nodes, "CheckpointLoaderSimple", ckpt_name=CKPT)
     (pos,) = _node(comfy_nodes, "CLIPTextEncode", clip=clip, text="a cat")
@@ -115,12 +120,11 @@ def test_the_reserve_is_sized_for_the_run_about_to_sample(comfy_nodes, sd, card)
     mm.unload_all_models()
 
 
-def test_a_measured_activation_peak_sizes_the_reserve_of_single_cond_runs_only(comfy_nodes, sd, card, adapter):
+def test_a_measured_activation_peak_sizes_the_reserve_of_single_cond_runs_only(comfy_nodes, sd, card, auto_budget):
     """On CUDA the engine measures a forward's activation peak (distorch.activation_peak); here, on CPU, the value
     it would report is handed to the budget as the patcher hands it after a sampling run."""
     import comfy.model_management as mm
 
-    auto_budget = sys.modules[adapter.__name__.rpartition(".")[0] + ".auto_budget"]
     base, pos, neg = sd
     model = card.model = _auto_model(comfy_nodes)
     auto = model.distorch.auto
@@ -144,14 +148,13 @@ def test_a_measured_activation_peak_sizes_the_reserve_of_single_cond_runs_only(c
 
 
 def test_a_measured_batched_forward_sizes_the_reserve_where_comfyui_asks_the_patcher(
-        comfy_nodes, sd, card, adapter, monkeypatch):
+        comfy_nodes, sd, card, adapter, auto_budget, monkeypatch):
     """ComfyUI batches cond and uncond when its estimate x1.5 is below the free memory. Where it asks the model's
     patcher (0.33), the patcher answers with what the estimate overstates a measured batched forward by, so a
     reserve sized from the measurement still gets one batched forward per step; where it asks the memory manager
     (0.3.75), the estimate keeps ruling the reserve."""
     import comfy.model_management as mm
 
-    auto_budget = sys.modules[adapter.__name__.rpartition(".")[0] + ".auto_budget"]
     base, pos, neg = sd
     model = card.model = _auto_model(comfy_nodes)
     auto = model.distorch.auto
@@ -222,14 +225,13 @@ def test_a_replan_is_priced_with_the_first_full_load_s_measured_rates(comfy_node
     mm.unload_all_models()
 
 
-def test_a_run_that_brings_a_controlnet_keeps_comfyui_s_estimate(comfy_nodes, sd, card, adapter):
+def test_a_run_that_brings_a_controlnet_keeps_comfyui_s_estimate(comfy_nodes, sd, card, auto_budget):
     """A ControlNet (any model in the conds) loads beside the model and runs beside its forward: a peak measured
     without it neither sizes that run's reserve nor is recorded from it."""
     import types
 
     import comfy.model_management as mm
 
-    auto_budget = sys.modules[adapter.__name__.rpartition(".")[0] + ".auto_budget"]
     _, pos, neg = sd
     model = card.model = _auto_model(comfy_nodes)
     auto = model.distorch.auto
@@ -252,13 +254,12 @@ def test_a_run_that_brings_a_controlnet_keeps_comfyui_s_estimate(comfy_nodes, sd
 
 
 def test_the_first_prompt_keeps_cond_and_uncond_batched_after_the_sampler_s_own_tensors(
-        comfy_nodes, sd, card, adapter, monkeypatch):
+        comfy_nodes, sd, card, auto_budget, monkeypatch):
     """ComfyUI checks its estimate x1.5 against the free memory only after the sampler has put latents, conds and
     noise on the device. The plan must leave room for those too, or a plan that fills the reserve exactly splits
     cond and uncond (seen on the H200: Flux at 1024x1024, cfg 3.5, 16 GiB free, the model's first prompt)."""
     import comfy.model_management as mm
 
-    auto_budget = sys.modules[adapter.__name__.rpartition(".")[0] + ".auto_budget"]
     base, pos, neg = sd
     one_batch = _sample(comfy_nodes, base, pos, neg, cfg=3.0)
     model = card.model = _auto_model(comfy_nodes)
