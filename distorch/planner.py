@@ -269,7 +269,7 @@ def plan_placement(
         ring_slots=slots,
         slot_bytes=slot_bytes,
         resident_bytes=other_bytes + sum(s for i, s in enumerate(sizes) if i not in streamed_set),
-        streamed_bytes=sum(sizes[i] for i in chosen),
+        streamed_bytes=_bytes_of(sizes, chosen),
         other_bytes=other_bytes,
         activation_reserve_bytes=activation_reserve_bytes,
         block_sizes=tuple(blocks),

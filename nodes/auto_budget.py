@@ -96,13 +96,17 @@ class AutoBudget:
             self.block_seconds = tuple(measured[name] for name, _ in self.blocks)
 
 
+def _batched_need(model: Any, shape: list[int], entries: int) -> int | None:
+    """ComfyUI's activation estimate for ``entries`` conds of a forward input of ``shape`` in one batch."""
+    return comfy_adapter.activation_bytes(model, [shape[0] * entries, *shape[1:]])
+
+
 def reserve_for(model: Any, shape: list[int], entries: int) -> int:
     """VRAM to keep free so that ``entries`` conds of a forward input of ``shape`` run as one batch: ComfyUI's
     estimate x1.5 must still be free when calc_cond_batch checks, after the sampler has put its latents, conds
     and noise on the device (SAMPLER_MARGIN; without it the H200's first Flux prompt at cfg 3.5 split cond and
     uncond whenever the plan happened to fill the reserve to within a few MB)."""
-    batched = [shape[0] * entries, *shape[1:]]
-    need = comfy_adapter.activation_bytes(model, batched)
+    need = _batched_need(model, shape, entries)
     if need is None:
         return 0
     batching = int(need * BATCH_MARGIN) + (SAMPLER_MARGIN if entries > 1 else 0)
@@ -120,7 +124,7 @@ def default_reserve(model: Any) -> int:
 
 
 def measured_reserve(peak_bytes: int) -> int:
-    """VRAM to keep free for forwards whose activation peak was measured (one cond per forward)."""
+    """VRAM to keep free for forwards whose activation peak was measured."""
     return int(peak_bytes * MEASURED_FACTOR) + comfy_adapter.reserved_vram() + MEASURED_MARGIN
 
 
@@ -128,7 +132,7 @@ def batch_credit(model: Any, shape: list[int], entries: int, peak_bytes: int) ->
     """How much ComfyUI's batching rule (its estimate x1.5 against free memory) overstates a batched forward
     whose peak was measured: the patcher reports this much more free memory, so ComfyUI batches exactly when the
     measured peak (plus 10%) fits in what is really free."""
-    need = comfy_adapter.activation_bytes(model, [shape[0] * entries, *shape[1:]])
+    need = _batched_need(model, shape, entries)
     if need is None:
         return 0
     return max(int(need * BATCH_MARGIN) - int(peak_bytes * MEASURED_FACTOR), 0)

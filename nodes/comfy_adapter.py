@@ -176,12 +176,17 @@ def reserved_vram() -> int:
     return int(model_management.extra_reserved_memory())
 
 
+def _guider_conds(executor: Any) -> tuple[Any, Any]:
+    """The CFG guider an OUTER_SAMPLE wrapper's executor runs, and its conds (processed or as given)."""
+    guider = getattr(executor, "class_obj", None)
+    return guider, getattr(guider, "conds", None) or getattr(guider, "original_conds", None)
+
+
 def forward_shape(executor: Any, noise: Any) -> tuple[list[int], int] | None:
     """``(shape of one diffusion forward's input, how many cond entries share it)`` for the sampling run an
     OUTER_SAMPLE wrapper is about to execute: ComfyUI's calc_cond_batch runs cond and uncond as one batch when
     memory allows. None when the sampler is not a CFG guider we can read (then the caller assumes a batch of 2)."""
-    guider = getattr(executor, "class_obj", None)
-    conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", None)
+    guider, conds = _guider_conds(executor)
     shape = list(getattr(noise, "shape", ()))
     if not isinstance(conds, dict) or not shape:
         return None
@@ -199,8 +204,7 @@ def run_brings_models(executor: Any) -> bool:
     """Whether the sampling run an OUTER_SAMPLE wrapper is about to execute brings models of its own in its conds
     (ControlNets, GLIGEN...: comfy.sampler_helpers.get_additional_models). ComfyUI loads them beside the model,
     and a forward measured without them says nothing about the memory a run with them needs."""
-    guider = getattr(executor, "class_obj", None)
-    conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", None)
+    _, conds = _guider_conds(executor)
     if not isinstance(conds, dict):
         return False
     return any(isinstance(entry, dict) and entry.get(key) is not None
