@@ -79,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--worker-timeout", type=float, default=150.0, help="seconds per worker")
     ap.add_argument("--deadline", type=float, default=470.0,
                     help="seconds for the whole run: cases that would start later are skipped (error lines)")
+    ap.add_argument("--profile", type=names, default=[],
+                    help="profile the runs whose name contains one of these (e.g. ours-auto/16GiB/cfg1/prompt2): "
+                         "a chrome trace per run into --profile-dir and a gap report in its line (profiled runs "
+                         "pay the profiler's host overhead)")
+    ap.add_argument("--profile-dir", type=Path, default=None, help="where the traces go (default: --work-dir)")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON lines here too")
     ap.add_argument("--log", type=Path, default=None, help="workers' logs (default: <out>.log or stderr)")
     ap.add_argument("--work-dir", type=Path, default=None, help="per-worker results and reference latents")
@@ -186,6 +191,7 @@ def drive(opts: argparse.Namespace) -> int:
         stale.unlink()
     log_path = opts.log or (opts.out.with_suffix(".log") if opts.out else work / "workers.log")
     reporter = report.Reporter(opts.out)
+    opts.profile_dir = opts.profile_dir or (work if opts.profile else None)
     specs = compare.build_specs(opts, resolve_hosts(opts), work)
     env = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items() if k != "worker"}
     reporter.emit({"case": "env", **env, "workers": [s.case for s, _ in specs], "log": str(log_path)})

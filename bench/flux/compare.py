@@ -45,7 +45,8 @@ def build_specs(opts: argparse.Namespace, hosts: list[HostTree], work: Path) -> 
                       reference_dir=str(work / "latents"), dynamic_vram=opts.dynamic_vram == "on", cpu=opts.cpu,
                       size=opts.size, steps=opts.steps, warmup=opts.warmup, tokens=opts.tokens, seed=opts.seed,
                       ring_slots=opts.ring_slots, keep_head_blocks=opts.keep_head_blocks,
-                      prompts=getattr(opts, "prompts", 1))
+                      prompts=getattr(opts, "prompts", 1), profile=getattr(opts, "profile", None) or None,
+                      profile_dir=str(opts.profile_dir) if getattr(opts, "profile_dir", None) else None)
 
         def add(case: str, **kw: Any) -> None:
             path = work / f"worker{len(specs):02d}.jsonl"

@@ -208,14 +208,17 @@ class Bench:
         negative = [[ncond, {"pooled_output": npooled, "guidance": 3.5}]]
         return positive, negative
 
-    def sample(self, patcher: Any, batch: int, cfg: float | None = None, monitor: Any = None) -> dict[str, Any]:
+    def sample(self, patcher: Any, batch: int, cfg: float | None = None, monitor: Any = None,
+               profile: Path | None = None) -> dict[str, Any]:
         """One sampling run of warmup + timed steps; per-step times from marks recorded in the callback.
         `cfg` overrides --cfg; `monitor.sample()` (observe.DeviceMemory) runs after the load and every step.
         Besides step_stats: `first_step_incl_load_s` (from the moment sampling is asked for), `load_s`,
-        `first_forward_s`, `forwards_per_step` and `forward_batches` (observe.ForwardLog)."""
+        `first_forward_s`, `forwards_per_step` and `forward_batches` (observe.ForwardLog). With `profile`, the
+        run is recorded into that chrome trace (bench/flux/profiling.py; the profiler slows the host side)."""
         import comfy.sample
 
         from .observe import ForwardLog
+        from .profiling import FORWARD_RANGE, profiled
 
         o = self.o
         cfg = o.cfg if cfg is None else cfg
@@ -232,7 +235,8 @@ class Bench:
             forwards.started(len(marks), args["input"].shape[0])
             if first and monitor is not None:
                 monitor.sample()
-            out = apply_model(args["input"], args["timestep"], **args["c"])
+            with torch.profiler.record_function(FORWARD_RANGE):
+                out = apply_model(args["input"], args["timestep"], **args["c"])
             forwards.finished()
             return out
 
@@ -244,8 +248,9 @@ class Bench:
         patcher = patcher.clone()
         patcher.set_model_unet_function_wrapper(forward)
         ask, t0 = clock.mark(), time.perf_counter()
-        out = comfy.sample.sample(patcher, noise, o.warmup + o.steps, cfg, o.sampler, o.scheduler, positive,
-                                  negative, latent, callback=step_done, disable_pbar=True, seed=o.seed)
+        with profiled(profile):
+            out = comfy.sample.sample(patcher, noise, o.warmup + o.steps, cfg, o.sampler, o.scheduler, positive,
+                                      negative, latent, callback=step_done, disable_pbar=True, seed=o.seed)
         if self.cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0

@@ -53,6 +53,13 @@ class WorkerSpec:
     ring_slots: int | None = None  # None: StreamRequest's default
     keep_head_blocks: int | None = None
     prompts: int = 1  # sampling runs per cfg (the model stays loaded between them)
+    profile: list[str] | None = None  # runs whose name contains one of these are profiled (bench/flux/profiling.py)
+    profile_dir: str | None = None  # where their traces go
+
+    def profile_path(self, run: str) -> Path | None:
+        if not self.profile_dir or not any(p in run for p in self.profile or ()):
+            return None
+        return Path(self.profile_dir) / ("trace-" + run.replace("/", "_") + ".json.gz")
 
     def run_name(self, cfg: float, prompt: int = 1) -> str:
         return f"{self.case}/cfg{cfg:g}" + (f"/prompt{prompt}" if prompt > 1 else "")
@@ -171,7 +178,8 @@ class Worker:
         self.memory.reset()
         self.bench.reset_peak()
         before = newest_prompt_stats() if self.spec.mode == "ours" else None
-        sampled = self.bench.sample(patcher, 1, cfg=cfg, monitor=self.memory)
+        run = self.spec.run_name(cfg, prompt)
+        sampled = self.bench.sample(patcher, 1, cfg=cfg, monitor=self.memory, profile=self.spec.profile_path(run))
         out = sampled.pop("output")
         rec = self.head(cfg, patcher, prompt)
         rec.update(sampled)
@@ -182,6 +190,11 @@ class Worker:
         if self.spec.mode == "ours":
             after = newest_prompt_stats()
             rec["telemetry"] = report.telemetry(after if after is not before else None, self.spec.warmup)
+        trace = self.spec.profile_path(run)
+        if trace is not None:
+            from .profiling import gap_report, load_trace
+
+            rec["profile"] = {"trace": trace.name, **gap_report(load_trace(trace))}
         rec["latent_sha256"] = observe.latent_sha256(out)
         rec.update(compare_to_reference(self.spec, cfg, out, prompt))
         return rec
