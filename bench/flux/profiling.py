@@ -105,12 +105,16 @@ def gap_report(events: list[dict[str, Any]], top: int = 8) -> dict[str, Any]:
         where = "forward" if _within(forwards, launched if launched is not None else end) is not None else "between"
         why = "host_late" if launched is not None and launched > start else "device_wait"
         idle[f"{where}_{why}_us"] += end - start
+        if "Pageable" in nxt["name"]:  # a host copy on the compute stream queues behind any copy in flight
+            idle["before_pageable_copies_us"] += end - start
         gaps.append({"gap_us": round(end - start, 1), "where": where, "why": why, "at_us": round(start - on_stream[0]["ts"]),
                      "before": prev["name"][:60], "after": nxt["name"][:60],
                      **(_host_window(cpu, runtime, start, launched) if why == "host_late" else {})})
     span = on_stream[-1]["ts"] + on_stream[-1]["dur"] - on_stream[0]["ts"] if on_stream else 0.0
     gaps.sort(key=lambda g: -g["gap_us"])
+    pageable = sum(1 for e in on_stream if "Pageable" in e["name"])
     return {"compute_stream": stream, "span_us": round(span), "busy_us": round(busy), "forwards": len(forwards),
+            "pageable_copies_on_compute_stream": pageable,
             "idle_us": {k: round(v) for k, v in sorted(idle.items())}, "largest_gaps": gaps[:top]}
 
 

@@ -48,3 +48,11 @@ def test_copies_on_other_streams_are_not_compute_idle_and_a_cpu_trace_has_no_rep
               {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "ts": 250, "dur": 500, "tid": 9, "args": {}}]
     assert gap_report(events)["idle_us"] == {}
     assert "note" in gap_report([forward(0, 10)])
+
+
+def test_idle_before_a_pageable_copy_on_the_compute_stream_is_counted_apart():
+    copy = {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "ts": 300, "dur": 10, "tid": 7,
+            "args": {"correlation": 2}}
+    report = gap_report([forward(0, 500), launch(10, 1), kernel("a", 100, 100, 1), launch(20, 2), copy])
+    assert report["pageable_copies_on_compute_stream"] == 1
+    assert report["idle_us"] == {"forward_device_wait_us": 100, "before_pageable_copies_us": 100}
