@@ -129,6 +129,13 @@ SURFACE: tuple[Name, ...] = (
     Name(f"{MP}#model.model_offload_buffer_memory", "no core offload buffers"),
     Name(f"{MP}#model.current_weight_patches_uuid", "which patch set the weights hold"),
     Name("comfy.patcher_extension.WrappersMP.OUTER_SAMPLE", "per-prompt telemetry"),
+    Name("comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE", "a run's conds go to the compute device once"),
+    Name("comfy.samplers.CFGGuider.inner_sample", "sets the run's processed conds (guider.conds) before the "
+         "SAMPLER_SAMPLE wrappers run: those are staged on the compute device"),
+    Name("comfy.conds.CONDRegular", "conds whose tensor may live on the compute device"),
+    Name("comfy.conds.CONDNoiseShape", "conds whose tensor may live on the compute device"),
+    Name("comfy.conds.CONDCrossAttn", "conds whose tensor may live on the compute device"),
+    Name("comfy.conds.CONDRegular._copy_with", "a staged cond is a new object", call=(1, ())),
     Name("comfy.patcher_extension.CallbacksMP.ON_LOAD", "ON_LOAD callbacks"),
     Name("comfy.utils.get_attr", "a weight by its patch key", call=(2, ())),
     Name("comfy.utils.set_attr", "puts the streamed Parameter object back", call=(3, ())),

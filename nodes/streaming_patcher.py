@@ -104,6 +104,9 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
         outer_sample = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
         self.remove_wrappers_with_key(outer_sample, WRAPPER_KEY)
         self.add_wrapper_with_key(outer_sample, WRAPPER_KEY, functools.partial(_report_after_sampling, state))
+        sampler_sample = comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE
+        self.remove_wrappers_with_key(sampler_sample, WRAPPER_KEY)
+        self.add_wrapper_with_key(sampler_sample, WRAPPER_KEY, _conds_on_compute_device)
 
     def clone(self, *args, **kwargs) -> "StreamingModelPatcher":
         n = super().clone(*args, **kwargs)
@@ -281,6 +284,18 @@ class StreamingModelPatcher(comfy.model_patcher.ModelPatcher):
                 self._restore_backup(key, streamed)
         detach_all_patches(self.model)
         state.applied.clear()
+
+
+def _conds_on_compute_device(executor, guider, *args, **kwargs):
+    """The run's conds go to the compute device before its first step (comfy_adapter.stage_conds_on_device): a
+    copy ComfyUI makes inside every forward would otherwise queue behind the streamed blocks' copies."""
+    patcher = getattr(guider, "model_patcher", None)
+    device = getattr(patcher, "load_device", None)
+    if isinstance(device, torch.device):
+        moved = comfy_adapter.stage_conds_on_device(guider, device)
+        if moved:
+            log.debug("[DisTorch] %d bytes of conds staged on %s for this run", moved, device)
+    return executor(guider, *args, **kwargs)
 
 
 def _report_after_sampling(state: StreamingState, executor, *args, **kwargs):

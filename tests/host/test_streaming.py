@@ -100,6 +100,57 @@ def test_streamed_flux_latents_are_bitwise_identical_to_resident(comfy_nodes, st
     assert torch.equal(_sample(comfy_nodes, patcher, _flux_cond(), _flux_cond(), _flux_latent()), flux_reference)
 
 
+def _adapter(streaming):
+    return sys.modules[streaming.__name__.rsplit(".", 1)[0] + ".comfy_adapter"]
+
+
+def test_a_streamed_run_stages_its_conds_on_the_compute_device_once_and_matches_resident(
+        comfy_nodes, streaming, monkeypatch) -> None:
+    """ComfyUI copies the conds to the device inside every forward; a streamed run puts them there once, before
+    its first step (on a GPU that copy would wait behind the blocks' copies). The user's conditioning stays put."""
+    adapter = _adapter(streaming)
+    staged, stage = [], adapter.stage_conds_on_device
+
+    def spy(guider, device, *args, **kwargs):
+        staged.append({kind: sorted(entry["model_conds"]) for kind, entries in guider.conds.items() for entry in entries})
+        return stage(guider, device, *args, **kwargs)
+
+    resident = _sample(comfy_nodes, _flux(comfy_nodes), _flux_cond(), _flux_cond(), _flux_latent(), cfg=3.0)
+    monkeypatch.setattr(adapter, "stage_conds_on_device", spy)
+    positive = _flux_cond()
+    patcher = _streamed_patcher(streaming, _flux(comfy_nodes), EVERYTHING)
+    streamed = _sample(comfy_nodes, patcher, positive, _flux_cond(), _flux_latent(), cfg=3.0)
+    assert torch.equal(streamed, resident)
+    assert len(staged) == 1  # once per run, after ComfyUI processed the conds
+    assert {"c_crossattn", "y", "guidance"} <= set(staged[0]["positive"]) and "negative" in staged[0]
+    assert positive[0][0].device.type == "cpu" and positive[0][1]["pooled_output"].device.type == "cpu"
+
+
+def test_staging_moves_plain_cond_tensors_into_new_objects_and_leaves_the_rest(comfy_nodes, streaming) -> None:
+    import comfy.conds
+
+    class CustomCond(comfy.conds.CONDRegular):  # a custom node's cond class: its per-step code is unknown
+        pass
+
+    context, pooled, extra = torch.ones(1, 4, 8), torch.ones(1, 8), torch.ones(2)
+    crossattn, regular = comfy.conds.CONDCrossAttn(context), comfy.conds.CONDRegular(pooled)
+    model_conds = {"c_crossattn": crossattn, "y": regular, "custom": CustomCond(extra),
+                   "constant": comfy.conds.CONDConstant(3)}
+    guider = type("Guider", (), {})()
+    guider.conds = {"positive": [{"model_conds": model_conds}]}
+    adapter = _adapter(streaming)
+    meta = torch.device("meta")  # any device but the CPU: staging is about leaving the host
+
+    assert adapter.stage_conds_on_device(guider, meta, max_bytes=(4 * 8 + 8) * 4 - 1) == 0  # too big: nothing moves
+    assert model_conds["c_crossattn"] is crossattn
+    assert adapter.stage_conds_on_device(guider, torch.device("cpu")) == 0
+    assert adapter.stage_conds_on_device(guider, meta) == (4 * 8 + 8) * 4
+    assert type(model_conds["c_crossattn"]) is comfy.conds.CONDCrossAttn and model_conds["c_crossattn"].cond.is_meta
+    assert model_conds["y"].cond.is_meta
+    assert model_conds["custom"].cond.device.type == "cpu" and model_conds["constant"].cond == 3
+    assert crossattn.cond.device.type == "cpu" and regular.cond.device.type == "cpu"  # the originals are untouched
+
+
 LORA = "distorch-tiny-flux-lora.safetensors"
 EVERYTHING = ["diffusion_model.double_blocks.0", "diffusion_model.single_blocks.0"]
 
