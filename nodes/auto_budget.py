@@ -138,6 +138,24 @@ def batch_credit(model: Any, shape: list[int], entries: int, peak_bytes: int) ->
     return max(int(need * BATCH_MARGIN) - int(peak_bytes * MEASURED_FACTOR), 0)
 
 
+def bounding_peak(peaks: dict[tuple[tuple[int, ...], int], int],
+                  run: tuple[tuple[int, ...], int]) -> tuple[int | None, str]:
+    """The measured peak that bounds a forward of ``run``: its own, else the smallest one measured for a forward
+    of the same latent with at least as many samples in the batch (activations grow with the batch: a cfg 1
+    run after a measured cfg 3.5 run keeps what the batch of two needed, not ComfyUI's estimate)."""
+    if run in peaks:
+        return peaks[run], ""
+    shape, entries = run
+    if not shape:
+        return None, ""
+    larger = [(peak, s[0] * e) for (s, e), peak in peaks.items()
+              if s and s[1:] == shape[1:] and s[0] * e >= shape[0] * entries]
+    if not larger:
+        return None, ""
+    peak, batch = min(larger)
+    return peak, f" (of a batch of {batch}: at most that)"
+
+
 def note_sampling_run(auto: AutoBudget, model: Any, executor: Any, noise: Any, sigmas: Any = None) -> None:
     """Called as a sampling run starts, before its load: size the reserve for this run's forwards."""
     auto.run_steps = max(len(sigmas) - 1, 0) if sigmas is not None and hasattr(sigmas, "__len__") else None
@@ -152,11 +170,11 @@ def note_sampling_run(auto: AutoBudget, model: Any, executor: Any, noise: Any, s
     # A run with ControlNets (or other models in its conds) keeps ComfyUI's estimate: they load beside the model
     # and run beside its forward, which was measured without them.
     auto.run_brings_models = comfy_adapter.run_brings_models(executor)
-    peak = None if auto.run_brings_models else auto.measured_peaks.get(auto.run)
+    peak, source = (None, "") if auto.run_brings_models else bounding_peak(auto.measured_peaks, auto.run)
     if peak is not None and (entries == 1 or comfy_adapter.batching_asks_the_patcher()):
         # A measured peak includes a GGUF model's dequantization scratch: no extra reserve beside it.
         auto.reserve_bytes = measured_reserve(peak)
-        auto.reserve_reason = f"{described}, measured peak {peak / 1e9:.2f} GB"
+        auto.reserve_reason = f"{described}, measured peak {peak / 1e9:.2f} GB{source}"
         if entries > 1:
             auto.batch_credit_bytes = batch_credit(model, shape, entries, peak)
         return

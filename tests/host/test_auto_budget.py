@@ -147,6 +147,19 @@ def test_a_measured_activation_peak_sizes_the_reserve_of_single_cond_runs_only(c
     mm.unload_all_models()
 
 
+def test_a_forward_measured_with_a_larger_batch_bounds_the_reserve_of_a_smaller_one(auto_budget):
+    """Activations grow with the batch: a cfg 1 run of a latent whose cfg 3.5 forward (cond + uncond) was measured
+    keeps that measurement, not ComfyUI's estimate; never one of another latent size or a smaller batch."""
+    flux = (1, 16, 128, 128)
+    peaks = {(flux, 2): 900, ((1, 16, 64, 64), 1): 100, ((2, 16, 128, 128), 2): 2000}
+    assert auto_budget.bounding_peak(peaks, (flux, 2)) == (900, "")  # its own measurement
+    assert auto_budget.bounding_peak(peaks, (flux, 1)) == (900, " (of a batch of 2: at most that)")
+    assert auto_budget.bounding_peak(peaks, ((2, 16, 128, 128), 1))[0] == 900  # two latents, one cond: a batch of 2
+    assert auto_budget.bounding_peak(peaks, (flux, 3))[0] == 2000  # only the batch of 4 holds 3
+    assert auto_budget.bounding_peak(peaks, ((1, 16, 96, 96), 1)) == (None, "")  # another latent size
+    assert auto_budget.bounding_peak(peaks, ((4, 16, 128, 128), 2)) == (None, "")  # larger than anything measured
+
+
 def test_a_measured_batched_forward_sizes_the_reserve_where_comfyui_asks_the_patcher(
         comfy_nodes, sd, card, adapter, auto_budget, monkeypatch):
     """ComfyUI batches cond and uncond when its estimate x1.5 is below the free memory. Where it asks the model's
