@@ -115,8 +115,21 @@ def plan_fields(patcher: Any) -> dict[str, Any]:
                      "measured_activation_peak_bytes": state.engine.activation_peak_bytes(),
                      "measured_peak_batch": state.engine.activation_peak_batch(), "pacing": plan.pacing,
                      "batch_credit_bytes": auto.batch_credit_bytes if auto is not None else 0},
+            "pipeline_inputs": pipeline_inputs(plan, auto),
             "engine_load": state.engine.load_stats.as_dict(),
             "plan_table": plan.table()}
+
+
+def pipeline_inputs(plan: Any, auto: Any) -> dict[str, Any] | None:
+    """What distorch.pipeline_model replays this plan with (the driver adds W and C): per block in execution
+    order its measured compute and its streamed bytes (0 when resident), the slots. None before a forward of this
+    load was timed block by block."""
+    seconds = getattr(auto, "block_seconds", None)
+    if seconds is None:
+        return None
+    streamed = set(plan.streamed_names)
+    return {"block_seconds": list(seconds), "slot_bytes": plan.slot_bytes, "ring_slots": plan.ring_slots,
+            "streamed_bytes": [size if name in streamed else 0 for name, size in plan.block_sizes]}
 
 
 def core_fields(patcher: Any) -> dict[str, Any]:
