@@ -129,7 +129,8 @@ def pipeline_inputs(plan: Any, auto: Any) -> dict[str, Any] | None:
         return None
     streamed = set(plan.streamed_names)
     return {"block_seconds": list(seconds), "slot_bytes": plan.slot_bytes, "ring_slots": plan.ring_slots,
-            "streamed_bytes": [size if name in streamed else 0 for name, size in plan.block_sizes]}
+            "streamed_bytes": [size if name in streamed else 0 for name, size in plan.block_sizes],
+            "block_bytes": [size for _, size in plan.block_sizes]}
 
 
 def core_fields(patcher: Any) -> dict[str, Any]:
