@@ -8,8 +8,9 @@ the link idles in the second, and with R slots the link can carry only R slots' 
 time over into the next forward. This model replays exactly that, forward after forward until the pipeline is
 in its steady state: per block its compute (measured, distorch.profile) and, when streamed, its copy (bytes /
 bandwidth); the compute outside the blocks (the sampler's, the model's input and output layers) runs between
-two forwards. It is a bound for the plan, not a guess: nothing in it is tuned, and a measured step above it is
-time lost somewhere the model does not know.
+two forwards. Nothing in it is tuned: a measured step well above it is time lost somewhere the model does not
+know, and where the measured step matches it while max(compute, transfer) is far below, the plan's structure is
+the limit (bench/pipeline_search.py asks it about other plans of the same VRAM).
 """
 from __future__ import annotations
 
