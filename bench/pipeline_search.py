@@ -6,7 +6,8 @@ streamed bytes and slots; W and C of the run) and replays random plans that use 
 resident blocks plus ring (ring depths 2-4, resident double/single blocks drawn at random), printing the plan's
 own estimate and the best one found per ring depth. No GPU: the model is pure Python.
 
-    python bench/pipeline_search.py bench/results/h200-2026-12-02-6gib-pipeline.jsonl 0.33.0/ours-auto/6GiB/cfg3.5/prompt2
+    python bench/pipeline_search.py bench/results/h200-2026-12-02-6gib-pipeline.jsonl \
+        0.33.0/ours-auto/6GiB/cfg3.5/prompt2
 """
 from __future__ import annotations
 

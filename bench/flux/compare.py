@@ -15,9 +15,9 @@ from typing import Any
 
 from .harness import GB
 from .report import bound_s, fmt, format_table
+from .worker import WorkerSpec
 
 REPO = Path(__file__).resolve().parents[2]
-from .worker import WorkerSpec
 
 # The issue's targets (auto budget, same run): ours at least this much faster than core, per free GiB and cfg.
 SPEEDUP_TARGETS: dict[float, dict[float, float] | float] = {16.0: {1.0: 1.25, 3.5: 1.10}, 6.0: 1.05}
@@ -162,7 +162,8 @@ class Results:
         """The final line: every target check, cross-host ratios with all hosts measured, failed cases."""
         ours = [r for r in self.records if r.get("mode") == "ours" and "s_per_it" in r]
         checks = [c for r in self.records if "s_per_it" in r for c in target_checks(r)]
-        return {"case": "summary", "W_GBps": self.W, "C_s_per_it": {f"{h}/cfg{c:g}/prompt{p}": v for (h, c, p), v in self.C.items()},
+        C = {f"{h}/cfg{c:g}/prompt{p}": v for (h, c, p), v in self.C.items()}
+        return {"case": "summary", "W_GBps": self.W, "C_s_per_it": C,
                 "checks_passed": sum(c["passed"] is True for c in checks),
                 "checks_failed": sum(c["passed"] is False for c in checks), "checks": checks,
                 "ratios": [{"case": r["case"], "ours_over_core_by_host": self.by_host(r),
@@ -207,8 +208,8 @@ def target_checks(rec: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 # the tables printed at the end
 # --------------------------------------------------------------------------------------------------
-CASE_HEADER = ("case", "s/it", "x bound", "x pipeline", "ours/core", "first step", "fwd/step", "peak GB", "streamed GB",
-               "identical", "memory path")
+CASE_HEADER = ("case", "s/it", "x bound", "x pipeline", "ours/core", "first step", "fwd/step", "peak GB",
+               "streamed GB", "identical", "memory path")
 
 
 def case_row(r: dict[str, Any]) -> tuple[str, ...]:
@@ -216,7 +217,8 @@ def case_row(r: dict[str, Any]) -> tuple[str, ...]:
         return (r["case"], "ERROR", "", "", "", "", "", "", "", "", (r.get("error") or "")[:90])
     path = r.get("memory_path") or {}
     return (r["case"], fmt(r["s_per_it"], "{:.3f}"), fmt(r.get("measured_over_bound"), "{:.3f}"),
-            fmt(r.get("measured_over_pipeline"), "{:.3f}"), fmt(r.get("ours_over_core"), "{:.3f}"), fmt(r.get("first_step_incl_load_s"), "{:.2f}"),
+            fmt(r.get("measured_over_pipeline"), "{:.3f}"), fmt(r.get("ours_over_core"), "{:.3f}"),
+            fmt(r.get("first_step_incl_load_s"), "{:.2f}"),
             str(r.get("forwards_per_step", "-")), fmt((r.get("peak_device_used_bytes") or 0) / GB, "{:.2f}"),
             fmt((r.get("streamed_bytes") or 0) / GB, "{:.2f}"), str(r.get("bit_identical_to_resident", "-")),
             f"{'dynamic' if path.get('dynamic_vram') else 'classic'} {path.get('patcher_class', '')}")

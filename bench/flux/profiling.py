@@ -107,7 +107,8 @@ def gap_report(events: list[dict[str, Any]], top: int = 8) -> dict[str, Any]:
         idle[f"{where}_{why}_us"] += end - start
         if "Pageable" in nxt["name"]:  # a host copy on the compute stream queues behind any copy in flight
             idle["before_pageable_copies_us"] += end - start
-        gaps.append({"gap_us": round(end - start, 1), "where": where, "why": why, "at_us": round(start - on_stream[0]["ts"]),
+        gaps.append({"gap_us": round(end - start, 1), "where": where, "why": why,
+                     "at_us": round(start - on_stream[0]["ts"]),
                      "before": prev["name"][:60], "after": nxt["name"][:60],
                      **(_host_window(cpu, runtime, start, launched) if why == "host_late" else {})})
     span = on_stream[-1]["ts"] + on_stream[-1]["dur"] - on_stream[0]["ts"] if on_stream else 0.0

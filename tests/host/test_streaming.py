@@ -112,7 +112,8 @@ def test_a_streamed_run_stages_its_conds_on_the_compute_device_once_and_matches_
     staged, stage = [], adapter.stage_conds_on_device
 
     def spy(guider, device, *args, **kwargs):
-        staged.append({kind: sorted(entry["model_conds"]) for kind, entries in guider.conds.items() for entry in entries})
+        staged.append({kind: sorted(entry["model_conds"])
+                       for kind, entries in guider.conds.items() for entry in entries})
         return stage(guider, device, *args, **kwargs)
 
     resident = _sample(comfy_nodes, _flux(comfy_nodes), _flux_cond(), _flux_cond(), _flux_latent(), cfg=3.0)

@@ -8,7 +8,8 @@ from flux.profiling import FORWARD_RANGE, gap_report  # noqa: E402
 
 
 def kernel(name, ts, dur, corr, stream=7):
-    return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur, "tid": stream, "args": {"correlation": corr}}
+    return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur, "tid": stream,
+            "args": {"correlation": corr}}
 
 
 def launch(ts, corr, name="cudaLaunchKernel", dur=5):
