@@ -62,9 +62,7 @@ class BlockProfiler:
             self._handles.append(block.register_forward_hook(self._mark(name, 1), always_call=True))
 
     def _mark(self, name: str, which: int):
-        last = self.blocks[-1][0]
-
-        first = self.blocks[0][0]
+        first, last = self.blocks[0][0], self.blocks[-1][0]
 
         def hook(module: nn.Module, *_: Any) -> None:
             if self._done:

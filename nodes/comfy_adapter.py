@@ -211,18 +211,17 @@ def stage_conds_on_device(guider: Any, device: torch.device, max_bytes: int = ST
     compute stream. While a streamed block's copy is in flight that small copy waits in the copy engine's queue
     behind it (the H200's profile: 11-17 ms per step). Copies go in new cond objects of the run's own dicts
     (encode_model_conds made them), so the user's conditioning and ComfyUI's caches keep their CPU tensors."""
+    conds = getattr(guider, "conds", None)
+    if device.type == "cpu" or not isinstance(conds, dict):
+        return 0
     conds_module = importlib.import_module("comfy.conds")
     classes = tuple(c for c in (getattr(conds_module, n, None) for n in STAGED_COND_CLASSES) if isinstance(c, type))
-    conds = getattr(guider, "conds", None)
-    if not classes or not isinstance(conds, dict):
-        return 0
     movable = [(model_conds, key, cond) for entries in conds.values() for entry in (entries or ())
                if isinstance(entry, dict) and isinstance(model_conds := entry.get("model_conds"), dict)
                for key, cond in model_conds.items()
-               if type(cond) in classes and isinstance(getattr(cond, "cond", None), torch.Tensor)
-               and cond.cond.device.type == "cpu" and callable(getattr(cond, "_copy_with", None))]
+               if type(cond) in classes and isinstance(cond.cond, torch.Tensor) and cond.cond.device.type == "cpu"]
     total = sum(cond.cond.numel() * cond.cond.element_size() for _, _, cond in movable)
-    if device.type == "cpu" or total == 0 or total > max_bytes:
+    if total == 0 or total > max_bytes:
         return 0
     for model_conds, key, cond in movable:
         model_conds[key] = cond._copy_with(cond.cond.to(device))
